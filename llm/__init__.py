@@ -1,0 +1,1 @@
+"""llm: train small ChatGPT-style language models from Hydra-composed configs."""

@@ -1,0 +1,1 @@
+"""Config schema (one dataclass per group) and the quantities derived from a composed config."""

@@ -1,0 +1,155 @@
+"""Typed schema of every config group, registered with Hydra's ConfigStore.
+
+Each dataclass is the schema of one group under conf/. The YAML files fill in values; these
+classes make a misspelt key or a wrong type fail when Hydra composes the config, before anything
+runs. Derived quantities (model width, parameter counts, iterations, learning-rate scales) are not
+stored here: `llm.config.derived.plan` computes all of them from a composed config.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    depth: int = MISSING  # number of transformer blocks: the one dial of model size
+    aspect_ratio: int = 64  # model_dim = depth * aspect_ratio, rounded up to a multiple of head_dim
+    head_dim: int = 128
+    sequence_len: int = 2048
+    window_pattern: str = "SSSL"  # tiled over layers; S = half context, L = full; last layer always L
+
+
+@dataclass
+class OptimConfig:
+    name: str = "muon_adamw"  # muon_adamw: Muon on matrices, AdamW elsewhere; adamw: AdamW everywhere
+    embedding_lr: float = 0.3
+    unembedding_lr: float = 0.004
+    matrix_lr: float = 0.02
+    scalar_lr: float = 0.5
+    weight_decay: float = 0.2  # at reference_depth; scaled by (reference_depth / depth)^2
+    adam_beta1: float = 0.8
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-10
+    x0_beta1: float = 0.96  # the x0 skip-connection scalars want a longer memory
+    muon_momentum_start: float = 0.85
+    muon_momentum_end: float = 0.95
+    muon_momentum_warmup_steps: int = 300
+    muon_ns_steps: int = 5
+    muon_beta2: float = 0.95
+    warmup_ratio: float = 0.0
+    warmdown_ratio: float = 0.4
+    final_lr_frac: float = 0.0
+    reference_batch_size: int = 2**19  # learning rates were tuned at this many tokens per step
+    reference_depth: int = 12  # weight decay was tuned at this depth
+    reference_model_dim: int = 768  # AdamW learning rates were tuned at this width
+
+
+@dataclass
+class DataloaderConfig:
+    name: str = "bos_bestfit"  # bos_bestfit | stream
+    buffer_size: int = 1000  # documents held for best-fit packing
+    tokenizer_batch_size: int = 128  # documents tokenized together
+    tokenizer_threads: int = 4
+
+
+@dataclass
+class AttentionConfig:
+    backend: str = "auto"  # auto: FA3 on Hopper, SDPA elsewhere | fa3 | sdpa
+
+
+@dataclass
+class BudgetConfig:
+    # Exactly one horizon is normally set (the others stay -1); when several are, the precedence
+    # is num_iterations, then target_flops, then target_param_data_ratio.
+    name: str = "ratio"
+    num_iterations: int = -1
+    target_flops: float = -1.0
+    target_param_data_ratio: float = -1.0
+
+
+@dataclass
+class DataConfig:
+    name: str = "embedded"  # embedded | fineweb_edu | parquet
+    path: Optional[str] = None  # parquet: the directory of shards
+    text_column: str = "text"
+    num_shards: int = -1  # fineweb_edu: how many training shards to fetch (-1: all); + 1 validation
+    vocab_size: int = 32768
+    tokenizer_max_chars: int = 2_000_000_000
+
+
+@dataclass
+class TrainConfig:
+    device_batch_size: int = 32
+    total_batch_size: int = 524288  # tokens per optimizer step, across ranks and accumulation
+    compile: bool = True
+    log_every: int = 1
+
+
+@dataclass
+class EvalConfig:
+    every: int = 250  # val bpb every N steps and at the end (-1: never)
+    tokens: int = 20 * 524288
+    sample_every: int = 2000  # -1: never
+    sample_tokens: int = 16
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "The capital of France is",
+        "The chemical symbol of gold is",
+        "If yesterday was Friday, then tomorrow will be",
+        "The opposite of hot is",
+        "The planets of the solar system are:",
+        "My favorite color is",
+        "If 5*x + 3 = 13, then x is",
+    ])
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = -1  # steps between checkpoints; -1: only at the end
+    keep: int = 2  # how many periodic checkpoints to keep on disk
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "llm"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    dataloader: DataloaderConfig = MISSING
+    attention: AttentionConfig = MISSING
+    budget: BudgetConfig = MISSING
+    data: DataConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    run_name: str = "run"
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16
+    base_dir: Optional[str] = None  # data, tokenizers, caches; None: $LLM_HOME or ~/.cache/llm
+    dry_run: bool = False
+
+
+GROUPS = {
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "dataloader": DataloaderConfig,
+    "attention": AttentionConfig,
+    "budget": BudgetConfig,
+    "data": DataConfig,
+}
+
+
+def register() -> None:
+    """Register the schemas so that conf/ files can name them as their base in a defaults list."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, schema in GROUPS.items():
+        store.store(group=group, name=f"{group}_schema", node=schema)

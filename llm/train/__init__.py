@@ -1,0 +1,1 @@
+"""Running a training job: the loop, checkpoints, the run directory, processes and tracking."""

@@ -1,0 +1,65 @@
+"""One builder per config group: turn a composed config and its plan into live components."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from llm.config.derived import ConfigError, ModelShape, Plan
+from llm.data.corpus import ensure_embedded_corpus
+from llm.data.fineweb import download_fineweb_edu
+from llm.data.loader import make_loader
+from llm.data.tokenizer import Tokenizer, ensure_tokenizer
+from llm.model import attention
+from llm.model.gpt import GPT, GPTConfig
+from llm.optim.build import build_optimizer
+from llm.train.runtime import Runtime
+
+
+def corpus(data: DictConfig, base: Path) -> Path:
+    """The directory of parquet shards named by the `data` group (the last shard is validation)."""
+    if data.name == "embedded":
+        return ensure_embedded_corpus(base)
+    if data.name == "fineweb_edu":
+        return download_fineweb_edu(base, data.num_shards)
+    if data.name == "parquet":
+        path = Path(data.path).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"data.path={data.path} is not a directory: point it at a folder of parquet shards")
+        return path
+    raise ConfigError(f"data.name={data.name!r} is unknown: use data=embedded, data=fineweb_edu or data=parquet")
+
+
+def tokenizer(data: DictConfig, corpus_dir: Path, base: Path) -> Tokenizer:
+    """Trained when no tokenizer exists yet for this corpus and vocabulary, else loaded."""
+    return ensure_tokenizer(base, corpus_dir, data.vocab_size, data.tokenizer_max_chars)
+
+
+def gpt_config(shape: ModelShape) -> GPTConfig:
+    return GPTConfig(sequence_len=shape.sequence_len, vocab_size=shape.vocab_size, n_layer=shape.depth,
+                     n_head=shape.n_head, n_kv_head=shape.n_kv_head, n_embd=shape.model_dim,
+                     window_pattern=shape.window_pattern)
+
+
+def model(shape: ModelShape, attention_cfg: DictConfig, runtime: Runtime) -> GPT:
+    """Shapes on the meta device first, then storage on the target device, then one explicit init."""
+    attention.set_backend(attention_cfg.backend)
+    with torch.device("meta"):
+        gpt = GPT(gpt_config(shape))
+    gpt.to_empty(device=runtime.device)
+    gpt.init_weights()
+    return gpt
+
+
+def optimizer(gpt: GPT, plan: Plan, optim: DictConfig, runtime: Runtime) -> torch.optim.Optimizer:
+    return build_optimizer(gpt.parameter_groups(), plan.learning_rates, plan.weight_decay, optim,
+                           distributed=runtime.distributed)
+
+
+def loader(cfg: DictConfig, tok: Tokenizer, corpus_dir: Path, split: str, runtime: Runtime):
+    return make_loader(tok, corpus_dir, split=split, batch_size=cfg.train.device_batch_size,
+                       sequence_len=cfg.model.sequence_len, rank=runtime.rank, world_size=runtime.world_size,
+                       device=runtime.device, packing=cfg.dataloader.name,
+                       buffer_size=cfg.dataloader.buffer_size,
+                       tokenizer_batch_size=cfg.dataloader.tokenizer_batch_size,
+                       tokenizer_threads=cfg.dataloader.tokenizer_threads, text_column=cfg.data.text_column)

@@ -1,0 +1,105 @@
+"""The run directory: the contract between a run and everything that reads it.
+
+    DIR/config.yaml       the resolved config
+    DIR/identity.json     the part of the config that defines the trajectory, and the git commit
+    DIR/metrics.jsonl     one JSON object per logged step
+    DIR/summary.json      status and headline numbers, rewritten atomically as the run goes
+    DIR/checkpoints/      see checkpoint.py
+
+Sweeps, notebooks and evaluation read only these files. Every write is atomic (temp file, fsync,
+rename), so a run killed at any instant leaves each file either old or new, never torn.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from llm.config.derived import ConfigError
+
+# Config sections that decide which weights a run produces. Changing any of them under an existing
+# run directory would silently splice two different runs together, so it is refused.
+TRAJECTORY_KEYS = ("model", "optim", "dataloader", "budget", "data", "seed",
+                   "train.total_batch_size", "train.device_batch_size")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    """The commit of the code that ran, with '-dirty' when the tree had uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _select(config: Mapping, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self.checkpoints = self.path / "checkpoints"
+
+    def claim(self, config: Mapping, resolved_yaml: str, write: bool) -> None:
+        """Check that this directory belongs to the same config, and (when `write`) bind it to it.
+
+        Every rank checks, so that all of them fail together; only one writes.
+        """
+        trajectory = {key: _select(config, key) for key in TRAJECTORY_KEYS}
+        identity_path = self.path / "identity.json"
+        if identity_path.exists():
+            recorded = json.loads(identity_path.read_text())["trajectory"]
+            differing = [k for k in TRAJECTORY_KEYS if json.dumps(recorded.get(k), sort_keys=True)
+                         != json.dumps(trajectory[k], sort_keys=True, default=str)]
+            if differing:
+                raise ConfigError(f"{self.path} holds a run of a different config (differs in {', '.join(differing)}): "
+                                  "choose another hydra.run.dir, or delete that directory to start over")
+        if not write:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not identity_path.exists():
+            write_atomic(identity_path, json.dumps({"trajectory": trajectory, "git_commit": git_commit()},
+                                                   indent=2, default=str))
+        write_atomic(self.path / "config.yaml", resolved_yaml)
+
+    def read_summary(self) -> dict | None:
+        return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else None
+
+    def write_summary(self, summary: Mapping) -> None:
+        write_atomic(self.summary_path, json.dumps(summary, indent=2, default=float))
+
+    def append_metrics(self, record: Mapping) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        # A kill mid-append can leave a partial last line: it is dropped, never parsed as garbage.
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines()
+                if line.endswith("}")]
+
+    def rewind_metrics(self, step: int) -> None:
+        """Forget metrics past a checkpoint step: the resumed run logs those steps again, identically."""
+        kept = [r for r in self.read_metrics() if r["step"] <= step]
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

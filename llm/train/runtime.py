@@ -1,0 +1,120 @@
+"""Where a run executes: device, numeric precision, and the process group.
+
+A run is one process per rank. Rank, world size and the rendezvous address come from torchrun's
+environment or, with no torchrun, from Slurm's (one Slurm task = one rank), so a Slurm job of N
+tasks trains data-parallel without a wrapper. gloo serves CPUs, nccl serves GPUs.
+"""
+
+import os
+import socket
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from llm.config.derived import ConfigError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    local_rank: int
+    world_size: int
+    compute_dtype: torch.dtype  # the autocast dtype; float32 means no autocast
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def peak_memory_bytes(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+        return f"{name} × {self.world_size}, {str(self.compute_dtype).removeprefix('torch.')}"
+
+
+def _rank_environment() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun, else Slurm, else a single process."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+        os.environ.setdefault("MASTER_ADDR", _slurm_master_host())
+        # Every task of a job derives the same port from the job id, so no one has to publish it.
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+        return rank, int(os.environ.get("SLURM_LOCALID", 0)), world
+    return 0, 0, 1
+
+
+def _slurm_master_host() -> str:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or socket.gethostname()
+    first = nodes.split(",")[0]
+    if "[" in first:  # a compressed list such as node[03-05]: the first node is prefix + first index
+        prefix, rest = first.split("[", 1)
+        first = prefix + rest.split("-")[0].split("]")[0]
+    return first
+
+
+def _pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA device is visible: use device=cpu or device=auto")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but MPS is not available: use device=cpu or device=auto")
+    if requested not in ("cpu", "mps"):
+        raise ConfigError(f"device={requested!r} is not one of auto, cpu, cuda, mps")
+    return torch.device(requested)
+
+
+def _pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """bf16 autocast on CUDA by default; fp32 elsewhere. float32/bfloat16 force one or the other."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if requested not in choices:
+        raise ConfigError(f"dtype={requested!r} is not one of auto, float32, bfloat16")
+    return choices[requested]
+
+
+def start(device: str, dtype: str, seed: int) -> Runtime:
+    """Join the process group (if there is one), pick the device and precision, seed the RNGs."""
+    rank, local_rank, world_size = _rank_environment()
+    target = _pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if target.type == "cuda" else "gloo"
+        if target.type == "cuda":
+            torch.cuda.set_device(target)
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                device_id=target if target.type == "cuda" else None)
+    if target.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # tf32 for the few fp32 matmuls left
+    torch.manual_seed(seed)
+    return Runtime(target, rank, local_rank, world_size, _pick_dtype(dtype, target))
+
+
+def stop(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()

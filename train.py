@@ -1,0 +1,37 @@
+"""Train a language model from a Hydra-composed config.
+
+    python train.py                                   # d20 on the embedded corpus
+    python train.py experiment=cpu                    # a tiny model that trains on a laptop CPU
+    python train.py model=d12 optim=adamw dry_run=true
+    torchrun --nproc_per_node=8 train.py experiment=speedrun hydra.run.dir=runs/speedrun
+    python train.py -m sweep=isoflop_cpu              # a sweep (see conf/sweep, conf/hydra/launcher)
+"""
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from llm.config import derived
+from llm.config.schema import register
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        if cfg.dry_run:
+            print(derived.plan(cfg).report())
+            return
+        from llm.train.loop import train  # torch is imported only when there is training to do
+
+        train(cfg, HydraConfig.get().runtime.output_dir)
+    except derived.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
