@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from llm.analysis.hardware import peak_flops
@@ -28,6 +27,7 @@ from llm.train import runtime as runtimes
 from llm.train.preemption import StopSignal
 from llm.train.progress import Progress
 from llm.train.rundir import RunDir
+from llm.train.step import train_step
 from llm.train.tracking import Tracker
 
 
@@ -143,20 +143,8 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime) -> dict:
                 break
 
             step_start = time.perf_counter()
-            runtime.synchronize()
-            loss_sum = torch.zeros((), device=runtime.device)
-            for _ in range(plan.grad_accum_steps):
-                inputs, targets = next(train_batches)
-                with runtime.autocast():
-                    loss = step_model(inputs, targets)
-                loss_sum += loss.detach()
-                (loss / plan.grad_accum_steps).backward()
             apply_schedules(optimizer, state.step, plan.num_iterations, cfg.optim)
-            optimizer.step()
-            model.zero_grad(set_to_none=True)
-            if runtime.distributed:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            state.train_loss = loss_sum.item() / plan.grad_accum_steps
+            state.train_loss = train_step(step_model, optimizer, train_batches, plan.grad_accum_steps, runtime)
             runtime.synchronize()
             dt = time.perf_counter() - step_start
 

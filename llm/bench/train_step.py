@@ -1,0 +1,73 @@
+"""Steady-state training throughput of a composed config, on random tokens.
+
+Random tokens keep data loading out of the figure (the packer has its own benchmark); the step
+itself is the training loop's own `train_step`. Warm-up steps (including any compile) are timed
+separately and excluded from the steady-state numbers.
+"""
+
+import resource
+import time
+
+import torch
+
+from llm.bench.peak import device_peak
+from llm.config import compose_run, derived
+from llm.train import build
+from llm.train import runtime as runtimes
+from llm.train.step import train_step
+
+
+def random_batches(vocab_size: int, batch_size: int, sequence_len: int, device: torch.device, count: int = 4):
+    """A few fixed random batches, cycled: enough to defeat caching, cheap to produce."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, vocab_size, (batch_size, sequence_len + 1), generator=generator) for _ in range(count)]
+    while True:
+        for row in rows:
+            row = row.to(device)
+            yield row[:, :-1], row[:, 1:]
+
+
+def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
+    cfg = compose_run(overrides)
+    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed)
+    plan = derived.plan(cfg, runtime.world_size)
+    model = build.model(plan.shape, cfg.attention, runtime)
+    optimizer = build.optimizer(model, plan, cfg.optim, runtime)
+    step_model = torch.compile(model, dynamic=False) if cfg.train.compile else model
+    batches = random_batches(plan.shape.vocab_size, cfg.train.device_batch_size, plan.shape.sequence_len,
+                             runtime.device)
+
+    def timed_steps(count: int) -> float:
+        runtime.synchronize()
+        start = time.perf_counter()
+        for _ in range(count):
+            train_step(step_model, optimizer, batches, plan.grad_accum_steps, runtime)
+        runtime.synchronize()
+        return time.perf_counter() - start
+
+    warmup_sec = timed_steps(warmup)
+    steady_sec = timed_steps(steps)
+    peak, peak_source = device_peak(runtime.device, runtime.compute_dtype)
+    step_time = steady_sec / steps
+    tokens_per_sec = plan.total_batch_size / step_time
+    model_flops = plan.flops_per_token * tokens_per_sec
+    result = {
+        "tokens_per_sec": tokens_per_sec,
+        "step_time_sec": step_time,
+        "model_flops_per_sec": model_flops,
+        "mfu": model_flops / (peak * runtime.world_size),
+        "peak_flops_per_device": peak,
+        "peak_source": peak_source,
+        "flops_per_token": plan.flops_per_token,
+        "warmup_sec": warmup_sec,
+        "warmup_steps": warmup,
+        "steps": steps,
+        "device": runtime.describe(),
+        "compile": bool(cfg.train.compile),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_memory_mb": runtime.peak_memory_bytes() / 2**20,
+        "depth": plan.shape.depth,
+        "total_batch_size": plan.total_batch_size,
+    }
+    runtimes.stop(runtime)
+    return result

@@ -1,0 +1,256 @@
+"""Pretraining batches: documents from parquet shards, tokenized and packed into rows, per rank.
+
+Rank r of W reads row groups r, r+W, r+2W, ... of every shard, shard after shard, and starts over
+when the shards run out (a new epoch), so ranks see disjoint documents that together cover the
+data. Documents are tokenized in batches, each with BOS in front. Two packings turn them into
+rows of sequence_len + 1 tokens (inputs are a row minus its last token, targets minus its first):
+
+- bos_bestfit: every row starts at a document's BOS. A buffer of `buffer_size` documents is kept
+  full; a row is filled by repeatedly taking the largest buffered document that still fits whole,
+  and when none fits, the shortest one is cropped to fill the row exactly (its rest is dropped).
+  No padding; about a third of the tokens are dropped at sequence length 2048.
+- stream: documents are concatenated into one token stream, cut into consecutive rows that share
+  their boundary token (B*T+1 tokens make a batch, the next batch starts T*B tokens later).
+  Nothing is dropped, but rows start mid-document.
+
+Resuming is exact: every document is addressed by (shard, row group, row); the state holds the
+read cursor and the addresses of the documents read but not yet fully used (re-tokenized on
+load), so a restored loader yields the very batches the original would have.
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from llm.data.shards import ShardReader, list_shards, split_shards
+from llm.data.tokenizer import Tokenizer
+
+PACKINGS = ("bos_bestfit", "stream")
+STATE_VERSION = 1
+
+
+class DocPosition(NamedTuple):
+    """Where a rank's reading stands: which pass over the data, and which document."""
+
+    epoch: int
+    shard: int
+    row_group: int
+    row: int
+
+
+Address = tuple[int, int, int]  # (shard, row group, row): one document
+TokenizedDoc = tuple[Address, list[int]]
+
+
+class _DocumentFeed:
+    """This rank's documents in reading order, endlessly, tokenized a slice of a row group at a time."""
+
+    def __init__(self, reader: ShardReader, tokenizer: Tokenizer, rank: int, world_size: int,
+                 batch_docs: int, threads: int):
+        self.reader, self.tokenizer = reader, tokenizer
+        self.rank, self.world_size = rank, world_size
+        self.batch_docs, self.threads = batch_docs, threads
+        # The next document to read; it may point just past a row group's end until the next read.
+        self.cursor = DocPosition(epoch=1, shard=0, row_group=rank, row=0)
+
+    def _next_existing(self, position: DocPosition) -> DocPosition:
+        """The first document at or after `position` in this rank's order, wrapping into new epochs."""
+        epoch, shard, row_group, row = position
+        start_epoch = epoch
+        while True:
+            row_counts = self.reader.row_counts(shard)
+            if row_group < len(row_counts):
+                if row < row_counts[row_group]:
+                    return DocPosition(epoch, shard, row_group, row)
+                row_group, row = row_group + self.world_size, 0
+                continue
+            shard, row_group, row = shard + 1, self.rank, 0
+            if shard == len(self.reader.shard_paths):
+                shard, epoch = 0, epoch + 1
+                if epoch > start_epoch + 1:  # a whole pass found nothing
+                    raise ValueError(f"rank {self.rank} of {self.world_size} gets no documents from "
+                                     f"these shards; use fewer ranks or shards with more row groups")
+
+    def next_batch(self) -> list[TokenizedDoc]:
+        """The next slice of up to `batch_docs` documents (never crossing a row group), tokenized."""
+        position = self._next_existing(self.cursor)
+        texts = self.reader.read_row_group(position.shard, position.row_group)
+        end = min(position.row + self.batch_docs, len(texts))
+        token_lists = self.tokenizer.encode(texts[position.row:end], prepend=self.tokenizer.bos_id,
+                                            num_threads=self.threads)
+        self.cursor = position._replace(row=end)
+        return [((position.shard, position.row_group, row), tokens)
+                for row, tokens in zip(range(position.row, end), token_lists)]
+
+    def tokenize_at(self, addresses: list[Address]) -> list[TokenizedDoc]:
+        """Re-read and tokenize documents by address, reading each row group once."""
+        row_groups: dict[tuple[int, int], list[str]] = {}
+        texts = []
+        for shard, row_group, row in addresses:
+            if (shard, row_group) not in row_groups:
+                row_groups[shard, row_group] = self.reader.read_row_group(shard, row_group)
+            texts.append(row_groups[shard, row_group][row])
+        token_lists = self.tokenizer.encode(texts, prepend=self.tokenizer.bos_id, num_threads=self.threads)
+        return list(zip(addresses, token_lists))
+
+
+class _Packer:
+    """Turns the feed's documents into rows; holds the documents read but not yet fully used."""
+
+    def __init__(self, feed: _DocumentFeed):
+        self.feed = feed
+        self.docs: list[TokenizedDoc] = []  # in reading order, which decides ties
+        self.offset = 0  # tokens of docs[0] already used (only the stream uses documents in parts)
+
+    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[list[list[int]], int]:
+        """`batch_size` rows of sequence_len + 1 tokens, and how many document tokens were dropped."""
+        raise NotImplementedError
+
+
+class _BestFitPacker(_Packer):
+    """BOS-aligned best-fit packing over a buffer of whole documents."""
+
+    def __init__(self, feed: _DocumentFeed, buffer_size: int):
+        super().__init__(feed)
+        self.buffer_size = buffer_size
+
+    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[list[list[int]], int]:
+        capacity = sequence_len + 1
+        rows, dropped = [], 0
+        for _ in range(batch_size):
+            row: list[int] = []
+            while len(row) < capacity:
+                while len(self.docs) < self.buffer_size:
+                    self.docs.extend(self.feed.next_batch())
+                room = capacity - len(row)
+                best_index, best_len = -1, 0
+                for index, (_, tokens) in enumerate(self.docs):
+                    if best_len < len(tokens) <= room:
+                        best_index, best_len = index, len(tokens)
+                if best_index >= 0:
+                    row.extend(self.docs.pop(best_index)[1])
+                else:
+                    shortest = min(range(len(self.docs)), key=lambda index: len(self.docs[index][1]))
+                    tokens = self.docs.pop(shortest)[1]
+                    row.extend(tokens[:room])
+                    dropped += len(tokens) - room
+            rows.append(row)
+        return rows, dropped
+
+
+class _StreamPacker(_Packer):
+    """The flat token stream: consecutive windows over concatenated documents."""
+
+    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[list[list[int]], int]:
+        needed = batch_size * sequence_len + 1  # +1: the last input's target
+        available = sum(len(tokens) for _, tokens in self.docs) - self.offset
+        while available < needed:
+            batch = self.feed.next_batch()
+            self.docs.extend(batch)
+            available += sum(len(tokens) for _, tokens in batch)
+        window: list[int] = []
+        start = self.offset
+        for _, tokens in self.docs:
+            window.extend(tokens[start:start + needed - len(window)])
+            start = 0
+            if len(window) == needed:
+                break
+        self._advance(batch_size * sequence_len)
+        rows = [window[b * sequence_len:(b + 1) * sequence_len + 1] for b in range(batch_size)]
+        return rows, 0
+
+    def _advance(self, count: int) -> None:
+        while count > 0:
+            left_in_first = len(self.docs[0][1]) - self.offset
+            if left_in_first > count:
+                self.offset += count
+                return
+            self.docs.pop(0)
+            self.offset = 0
+            count -= left_in_first
+
+
+class TokenLoader:
+    """Endless iterator of (inputs, targets) LongTensors of shape (batch_size, sequence_len)."""
+
+    def __init__(self, tokenizer: Tokenizer, shard_paths: list[Path], batch_size: int, sequence_len: int,
+                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 packing: str = "bos_bestfit", buffer_size: int = 1000, tokenizer_batch_size: int = 128,
+                 tokenizer_threads: int = 4, text_column: str = "text"):
+        if packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        for name, value in [("batch_size", batch_size), ("sequence_len", sequence_len),
+                            ("buffer_size", buffer_size), ("tokenizer_batch_size", tokenizer_batch_size),
+                            ("tokenizer_threads", tokenizer_threads)]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.batch_size, self.sequence_len = batch_size, sequence_len
+        self.device = torch.device(device)
+        self._feed = _DocumentFeed(ShardReader(shard_paths, text_column), tokenizer, rank, world_size,
+                                   tokenizer_batch_size, tokenizer_threads)
+        self._packer = (_BestFitPacker(self._feed, buffer_size) if packing == "bos_bestfit"
+                        else _StreamPacker(self._feed))
+        # What a saved state must agree on for its batches to continue this loader's sequence.
+        self._settings = {"packing": packing, "batch_size": batch_size, "sequence_len": sequence_len,
+                          "rank": rank, "world_size": world_size, "buffer_size": buffer_size,
+                          "tokenizer_batch_size": tokenizer_batch_size, "vocab_size": tokenizer.vocab_size,
+                          "num_shards": len(shard_paths)}
+        self._tokens_taken = 0  # document tokens consumed by rows, counting cropped ones
+        self._tokens_dropped = 0
+
+    def __iter__(self) -> "TokenLoader":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, dropped = self._packer.next_rows(self.batch_size, self.sequence_len)
+        self._tokens_dropped += dropped
+        self._tokens_taken += len(rows) * (self.sequence_len + 1) + dropped
+        on_cuda = self.device.type == "cuda"
+        # Pinned host memory lets the copy to the GPU overlap with compute.
+        batch = torch.tensor(rows, dtype=torch.long, pin_memory=on_cuda)
+        inputs = batch[:, :-1].to(self.device, non_blocking=on_cuda)
+        targets = batch[:, 1:].to(self.device, non_blocking=on_cuda)
+        return inputs, targets
+
+    @property
+    def epoch(self) -> int:
+        """The pass over the data that the latest document read belongs to (starting at 1)."""
+        return self._feed.cursor.epoch
+
+    @property
+    def crop_fraction(self) -> float:
+        """Fraction of the document tokens taken so far that cropping threw away (0 for stream)."""
+        return self._tokens_dropped / self._tokens_taken if self._tokens_taken else 0.0
+
+    def state_dict(self) -> dict:
+        """A small JSON-serialisable state from which `load_state_dict` continues exactly."""
+        return {
+            "version": STATE_VERSION,
+            **self._settings,
+            "cursor": list(self._feed.cursor),
+            "docs": [list(address) for address, _ in self._packer.docs],
+            "offset": self._packer.offset,
+            "tokens_taken": self._tokens_taken,
+            "tokens_dropped": self._tokens_dropped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}; "
+                             "it was saved by another version of this code and cannot be resumed")
+        for key, value in self._settings.items():
+            if state.get(key) != value:
+                raise ValueError(f"loader state was saved with {key}={state.get(key)!r} but this loader has "
+                                 f"{key}={value!r}; resume with the same data and loader settings")
+        self._feed.cursor = DocPosition(*state["cursor"])
+        self._packer.docs = self._feed.tokenize_at([tuple(address) for address in state["docs"]])
+        self._packer.offset = state["offset"]
+        self._tokens_taken, self._tokens_dropped = state["tokens_taken"], state["tokens_dropped"]
+
+
+def make_loader(tokenizer: Tokenizer, corpus_dir: str | Path, split: str = "train", **loader_options) -> TokenLoader:
+    """A TokenLoader over a dataset directory: its training shards (all but the last) or the last."""
+    return TokenLoader(tokenizer, split_shards(list_shards(corpus_dir), split), **loader_options)
