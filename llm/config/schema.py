@@ -135,6 +135,8 @@ class RunConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     base_dir: Optional[str] = None  # data, tokenizers, caches; None: $LLM_HOME or ~/.cache/llm
     dry_run: bool = False
+    sweeps_root: str = "sweeps"  # multirun sweeps write under ROOT/<sweep>/<label>/ (shared storage on a cluster)
+    sweep_label: str = "${now:%Y-%m-%d_%H-%M-%S}"  # re-use a label to complete or extend that sweep
 
 
 GROUPS = {

@@ -1,0 +1,55 @@
+"""Shared test fixtures: an isolated data home, Hydra composition, and the Slurm cluster plumbing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from llm.config.schema import register
+
+pytest_plugins = ["tests.slurm_fixtures"]
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+register()
+
+
+@pytest.fixture(scope="session")
+def llm_home(tmp_path_factory) -> Path:
+    """One data home per session (corpus, tokenizers); LLM_TEST_HOME reuses one across sessions."""
+    home = Path(os.environ.get("LLM_TEST_HOME") or tmp_path_factory.mktemp("llm_home"))
+    os.environ["LLM_HOME"] = str(home)
+    return home
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+# The smallest config that exercises every part of a run; tests add what they vary.
+TINY_RUN = [
+    "model=d2", "model.head_dim=32", "model.sequence_len=64", "model.window_pattern=SL",
+    "data.vocab_size=512", "data.tokenizer_max_chars=3000000",
+    "train.device_batch_size=4", "train.total_batch_size=512", "train.compile=false",
+    "budget=iterations", "budget.num_iterations=8",
+    "eval.every=4", "eval.tokens=1024", "eval.sample_every=-1", "wandb.mode=disabled",
+    "device=cpu",
+]
+
+
+def run_train(run_dir: Path, *overrides: str, home: Path, check: bool = True, nproc: int = 1,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py as a user would (a real process), in run_dir."""
+    launcher = [sys.executable, str(REPO / "train.py")] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        str(REPO / "train.py")]
+    full_env = {**os.environ, "LLM_HOME": str(home), "OMP_NUM_THREADS": "1" if nproc > 1 else "2", **(env or {})}
+    result = subprocess.run([*launcher, *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO, env=full_env,
+                            capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result

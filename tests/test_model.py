@@ -1,0 +1,369 @@
+"""The GPT: parameter and FLOP accounting, initialisation, forward/loss, training, KV-cache decoding."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm.model import GPT, GPTConfig, KVCache, attention, set_backend
+from llm.model.gpt import apply_rotary
+
+
+@pytest.fixture(autouse=True, scope="module")
+def sdpa_attention():
+    # Pin the backend so these tests neither depend on nor warn about FA3 availability,
+    # then put back whatever choice was in force before.
+    saved = attention._requested, attention._active
+    set_backend("sdpa")
+    yield
+    attention._requested, attention._active = saved
+
+
+def meta_model(**config):
+    with torch.device("meta"):
+        return GPT(GPTConfig(**config))
+
+
+def tiny_model(seed=0, **overrides):
+    config = dict(sequence_len=16, vocab_size=1000, n_layer=3, n_head=4, n_kv_head=2, n_embd=64, window_pattern="SL")
+    config.update(overrides)
+    model = meta_model(**config)
+    model.to_empty(device="cpu")
+    torch.manual_seed(seed)
+    model.init_weights()
+    return model
+
+
+@torch.no_grad()
+def perturb(model, seed=1):
+    """Move every weight off its init so zero-initialised projections and gates take part."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+# -----------------------------------------------------------------------------
+# Accounting, checked against closed forms written independently of the model
+
+
+def closed_form_counts(n_layer, n_embd, n_head, n_kv_head, vocab_size):
+    vocab = -(-vocab_size // 64) * 64
+    kv_dim = n_kv_head * (n_embd // n_head)
+    layers_with_value_embedding = (n_layer + 1) // 2  # the last layer and every second one before it
+    per_layer = 2 * n_embd * n_embd + 2 * n_embd * kv_dim + 8 * n_embd * n_embd  # q, proj, k, v, mlp
+    counts = {
+        "wte": vocab * n_embd,
+        "value_embeds": layers_with_value_embedding * vocab * kv_dim,
+        "lm_head": vocab * n_embd,
+        "transformer_matrices": n_layer * per_layer + layers_with_value_embedding * 32 * n_kv_head,
+        "scalars": 2 * n_layer,
+    }
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def closed_form_flops(counts, n_layer, n_head, head_dim, sequence_len, pattern):
+    letters = [pattern[i % len(pattern)] for i in range(n_layer - 1)] + ["L"]
+    attended = sum(sequence_len // 2 if letter == "S" else sequence_len for letter in letters)
+    return 6 * (counts["lm_head"] + counts["transformer_matrices"]) + 12 * n_head * head_dim * attended
+
+
+def test_depth_20_parameter_counts():
+    model = meta_model(sequence_len=2048, vocab_size=32768, n_layer=20, n_head=10, n_kv_head=10, n_embd=1280)
+    assert model.num_scaling_params() == {
+        "wte": 41_943_040,
+        "value_embeds": 419_430_400,
+        "lm_head": 41_943_040,
+        "transformer_matrices": 393_219_200,
+        "scalars": 40,
+        "total": 896_535_720,
+    }
+    assert model.estimate_flops() == closed_form_flops(model.num_scaling_params(), 20, 10, 128, 2048, "SSSL")
+
+
+@pytest.mark.parametrize(
+    "n_layer, n_embd, n_head, n_kv_head, vocab_size, sequence_len, pattern",
+    [
+        (1, 64, 4, 4, 512, 32, "SSSL"),
+        (2, 64, 4, 2, 512, 32, "SL"),
+        (3, 96, 6, 3, 1000, 64, "SSL"),  # vocab padded to 1024
+        (5, 128, 4, 1, 777, 48, "SSSL"),
+        (6, 64, 2, 2, 65, 16, "L"),
+        (7, 64, 8, 4, 300, 20, "S"),
+    ],
+)
+def test_counts_and_flops_match_closed_form(n_layer, n_embd, n_head, n_kv_head, vocab_size, sequence_len, pattern):
+    model = meta_model(
+        sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer,
+        n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, window_pattern=pattern,
+    )
+    counts = model.num_scaling_params()
+    assert counts == closed_form_counts(n_layer, n_embd, n_head, n_kv_head, vocab_size)
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    head_dim = n_embd // n_head
+    assert model.estimate_flops() == closed_form_flops(counts, n_layer, n_head, head_dim, sequence_len, pattern)
+
+
+def test_window_sizes_tile_the_pattern_and_end_long():
+    model = meta_model(sequence_len=64, n_layer=6, n_head=2, n_kv_head=2, n_embd=64, window_pattern="SSSL")
+    assert model.window_sizes == [(32, 0), (32, 0), (32, 0), (64, 0), (32, 0), (64, 0)]
+    lowercase = meta_model(sequence_len=64, n_layer=3, n_head=2, n_kv_head=2, n_embd=64, window_pattern="s")
+    assert lowercase.window_sizes == [(32, 0), (32, 0), (64, 0)]
+
+
+@pytest.mark.parametrize("n_layer, layers", [(1, ["0"]), (4, ["1", "3"]), (5, ["0", "2", "4"])])
+def test_value_embeddings_alternate_ending_at_the_last_layer(n_layer, layers):
+    model = meta_model(n_layer=n_layer, n_head=2, n_kv_head=2, n_embd=64)
+    assert sorted(model.value_embeds) == layers
+    assert [str(i) for i, block in enumerate(model.transformer.h) if block.attn.ve_gate is not None] == layers
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(n_head=6, n_kv_head=4, n_embd=96), "n_kv_head=4 must divide n_head=6"),
+        (dict(n_head=5, n_embd=64), "n_embd=64 must split"),
+        (dict(window_pattern="SXL"), "S and L"),
+        (dict(window_pattern=""), "S and L"),
+        (dict(n_head=1, n_kv_head=1, n_embd=16), "value gate"),
+    ],
+)
+def test_bad_config_is_rejected(bad, message):
+    config = dict(n_layer=2, n_head=4, n_kv_head=4, n_embd=64)
+    config.update(bad)
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**config)
+
+
+def test_parameter_groups_cover_every_parameter_once():
+    model = meta_model(n_layer=3, n_head=4, n_kv_head=2, n_embd=64, vocab_size=100)
+    groups = model.parameter_groups()
+    assert list(groups) == ["lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas", "matrices"]
+    grouped = [p for params in groups.values() for p in params]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+    gates = [block.attn.ve_gate.weight for block in model.transformer.h if block.attn.ve_gate is not None]
+    assert len(gates) == 2 and all(any(g is p for p in groups["matrices"]) for g in gates)
+    assert len(groups["value_embeds"]) == 2 and all(p.dim() == 2 for p in groups["matrices"])
+
+
+# -----------------------------------------------------------------------------
+# Initialisation
+
+
+def test_init_weights_distributions():
+    model = tiny_model(n_embd=256, n_head=4, n_kv_head=4, vocab_size=4096, n_layer=3)
+    assert not any(p.is_meta for p in model.parameters()) and not model.cos.is_meta
+    bound = math.sqrt(3 / 256)
+    assert abs(model.transformer.wte.weight.std().item() - 1.0) < 0.01
+    assert abs(model.lm_head.weight.std().item() - 0.001) < 0.0001
+    for block in model.transformer.h:
+        for weight in (block.attn.c_q.weight, block.attn.c_k.weight, block.attn.c_v.weight, block.mlp.c_fc.weight):
+            assert weight.abs().max() <= bound and abs(weight.std().item() - 256**-0.5) < 0.003
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+        assert block.attn.ve_gate is None or not block.attn.ve_gate.weight.any()
+    for embedding in model.value_embeds.values():
+        assert embedding.weight.abs().max() <= bound and abs(embedding.weight.std().item() - 256**-0.5) < 0.003
+    assert torch.equal(model.resid_lambdas, torch.ones(3))
+    assert torch.equal(model.x0_lambdas, torch.full((3,), 0.1))
+    assert model.transformer.wte.weight.dtype == torch.float32  # bf16 only on CUDA
+
+
+def test_rotary_tables():
+    model = tiny_model()
+    head_dim = 16
+    assert model.cos.shape == (1, 160, 1, head_dim // 2) and model.cos.dtype == torch.bfloat16
+    position, pair = 37, 3
+    angle = position / 10000 ** (2 * pair / head_dim)
+    assert model.cos[0, position, 0, pair].item() == pytest.approx(math.cos(angle), abs=4e-3)
+    assert model.sin[0, position, 0, pair].item() == pytest.approx(math.sin(angle), abs=4e-3)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    # fp32 tables built here: the model's bf16 ones are too coarse for an exact invariance check.
+    angles = torch.arange(64.0).outer(10000 ** -(torch.arange(0, 16, 2) / 16))[None, :, None, :]
+    cos, sin = angles.cos(), angles.sin()
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16, generator=generator), torch.randn(1, 1, 1, 16, generator=generator)
+
+    def rotate(x, position):
+        return apply_rotary(x, cos[:, position : position + 1], sin[:, position : position + 1])
+
+    def score(query_position, key_position):
+        return (rotate(q, query_position) * rotate(k, key_position)).sum().item()
+
+    assert score(10, 3) == pytest.approx(score(40, 33), abs=1e-4)
+    assert score(10, 3) != pytest.approx(score(10, 4), abs=1e-3)
+    assert rotate(q, 7).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)  # a rotation keeps lengths
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_embeddings_are_bf16_on_cuda():
+    model = meta_model(sequence_len=16, vocab_size=128, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
+    model.to_empty(device="cuda")
+    model.init_weights()
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    assert all(e.weight.dtype == torch.bfloat16 for e in model.value_embeds.values())
+    assert model.lm_head.weight.dtype == torch.float32
+    tokens = torch.zeros(1, 16, dtype=torch.long, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(tokens, tokens)
+    assert torch.isfinite(loss)
+
+
+# -----------------------------------------------------------------------------
+# Forward and loss
+
+
+def test_forward_shapes_and_softcap():
+    model = tiny_model()
+    perturb(model)
+    model.lm_head.weight.data.mul_(100)  # push logits into the cap
+    logits = model(torch.randint(0, 1000, (2, 16)))
+    assert logits.shape == (2, 16, 1000) and logits.dtype == torch.float32  # padding rows 1000..1023 cropped
+    assert logits.abs().max() <= 15.0 and logits.abs().max() > 14.0
+
+
+def test_initial_loss_is_near_uniform():
+    model = tiny_model()
+    tokens = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
+    loss = model(tokens, tokens)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(math.log(1000), abs=0.02)
+
+
+def test_ignored_targets_and_unreduced_loss():
+    model = tiny_model()
+    perturb(model)
+    tokens = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    targets = tokens.clone()
+    targets[:, :5] = -1
+    per_token = model(tokens, targets, loss_reduction="none")
+    assert per_token.shape == (32,)
+    assert not per_token.view(2, 16)[:, :5].any() and (per_token.view(2, 16)[:, 5:] > 0).all()
+    torch.testing.assert_close(model(tokens, targets), per_token.view(2, 16)[:, 5:].mean())
+
+
+def test_too_long_input_is_a_clear_error():
+    model = tiny_model()  # sequence_len 16: rotary tables cover 160 positions
+    with pytest.raises(ValueError, match="rotary tables .*GPTConfig.sequence_len"):
+        model(torch.zeros(1, 161, dtype=torch.long))
+    cache = KVCache(batch_size=1, num_heads=2, seq_len=8, head_dim=16, num_layers=3, device="cpu", dtype=torch.float32)
+    with pytest.raises(ValueError, match="allocate a longer KVCache"):
+        model(torch.zeros(1, 9, dtype=torch.long), kv_cache=cache)
+
+
+def test_adamw_steps_reduce_loss_on_a_fixed_batch():
+    model = tiny_model(vocab_size=128, n_layer=2)
+    tokens = torch.randint(0, 128, (4, 17), generator=torch.Generator().manual_seed(0))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(8):
+        loss = model(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+# -----------------------------------------------------------------------------
+# KV cache
+
+
+def new_cache(model, batch_size, seq_len):
+    config = model.config
+    return KVCache(batch_size, config.n_kv_head, seq_len, config.head_dim, config.n_layer, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("pattern", ["L", "SL"])
+@torch.no_grad()
+def test_kv_cache_decoding_matches_full_forward(pattern):
+    model = tiny_model(window_pattern=pattern)
+    perturb(model)
+    tokens = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    full = model(tokens)
+    cache = new_cache(model, batch_size=2, seq_len=16)
+    steps = [model(tokens[:, :6], kv_cache=cache)]
+    steps += [model(tokens[:, t : t + 1], kv_cache=cache) for t in range(6, 16)]
+    assert cache.get_pos() == 16
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_sliding_window_changes_the_logits():
+    # Makes the test above meaningful for "SL": the short window (8 of 16) must actually cut context.
+    tokens = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for pattern in ("L", "SL"):
+        model = tiny_model(window_pattern=pattern)
+        perturb(model)
+        logits[pattern] = model(tokens)
+    torch.testing.assert_close(logits["L"][:, :9], logits["SL"][:, :9])
+    assert (logits["L"][:, 9:] - logits["SL"][:, 9:]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_one_prompt_prefilled_into_several_rows():
+    model = tiny_model()
+    perturb(model)
+    prompt = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(0))
+    continuations = torch.tensor([[7], [300]])
+    prompt_cache = new_cache(model, batch_size=1, seq_len=5)
+    model(prompt, kv_cache=prompt_cache)
+    cache = new_cache(model, batch_size=2, seq_len=16)
+    cache.prefill(prompt_cache)
+    decoded = model(continuations, kv_cache=cache)
+    full = model(torch.cat([prompt.expand(2, 5), continuations], dim=1))
+    torch.testing.assert_close(decoded[:, 0], full[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_kv_cache_bookkeeping():
+    cache = KVCache(batch_size=2, num_heads=3, seq_len=10, head_dim=4, num_layers=5, device="cpu", dtype=torch.float32)
+    assert cache.k.shape == cache.v.shape == (5, 2, 10, 3, 4)
+    assert cache.cache_seqlens.dtype == torch.int32 and cache.get_pos() == 0
+    cache.advance(4)
+    cache.advance(2)
+    assert cache.get_pos() == 6 and cache.cache_seqlens.tolist() == [6, 6]
+    k_layer, v_layer = cache.layer(3)
+    k_layer[1, 0, 2, 1] = 5.0
+    v_layer[0, 1, 0, 0] = 6.0
+    assert cache.k[3, 1, 0, 2, 1] == 5.0 and cache.v[3, 0, 1, 0, 0] == 6.0, "layer() returns views"
+    cache.reset()
+    assert cache.get_pos() == 0
+
+
+def test_kv_cache_prefill_broadcasts_and_validates():
+    source = KVCache(1, 2, 6, 4, 3, "cpu", torch.float32)
+    source.k.normal_()
+    source.v.normal_()
+    source.advance(4)
+    target = KVCache(3, 2, 12, 4, 3, "cpu", torch.float32)
+    target.prefill(source)
+    assert target.cache_seqlens.tolist() == [4, 4, 4]
+    for row in range(3):
+        assert torch.equal(target.k[:, row, :4], source.k[:, 0, :4])
+        assert torch.equal(target.v[:, row, :4], source.v[:, 0, :4])
+    assert not target.k[:, :, 4:].any()
+    with pytest.raises(ValueError, match="empty KVCache"):
+        target.prefill(source)
+    with pytest.raises(ValueError, match="same model"):
+        KVCache(3, 2, 12, 8, 3, "cpu", torch.float32).prefill(source)
+    with pytest.raises(ValueError, match="batch size 1 or the same"):
+        KVCache(3, 2, 12, 4, 3, "cpu", torch.float32).prefill(KVCache(2, 2, 6, 4, 3, "cpu", torch.float32))
+    with pytest.raises(ValueError, match="larger seq_len"):
+        KVCache(3, 2, 3, 4, 3, "cpu", torch.float32).prefill(source)
+
+
+def test_model_package_imports_nothing_from_the_rest_of_the_system():
+    # The model must stay usable on its own (notebooks, inference): no Hydra, trainer, data or optimizer code.
+    probe = (
+        "import sys, llm.model; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'kernels') "
+        "or m.startswith(('llm.train', 'llm.data', 'llm.optim'))))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=repo)
+    assert result.stdout.strip() == "[]"
