@@ -1,0 +1,106 @@
+"""From a compute budget to a training run: model depth, tokens, iterations and the command.
+
+The fitted loss law gives the compute-optimal N and D for a budget C (counted as 6ND). Models
+come only in whole depths, so we take the depth whose N is closest to N_opt in log space (an
+IsoFLOP profile is a parabola in log N, so a factor too big costs as much as a factor too
+small), give it the tokens that spend the same budget, D = C / (6 N), and estimate its loss
+from the law. Training with a FLOPs budget recomputes the iterations from its own
+flops_per_token, which also counts attention, so its token count comes out a little lower.
+
+N must be counted in the convention the law was fitted in; `approximate_scaling_params` is a
+stand-in until the config layer supplies its exact count.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from llm.analysis.hardware import peak_flops
+from llm.analysis.parametric import LossLaw
+
+DEFAULT_TOTAL_BATCH_SIZE = 524288  # tokens per optimizer step, the training default (2^19)
+DEFAULT_DEPTHS = range(2, 65)
+
+
+def approximate_scaling_params(
+    depth: int, aspect_ratio: int = 64, head_dim: int = 128, vocab_size: int = 32768
+) -> int:
+    """Kaplan-convention N (transformer matrices + lm_head) of a depth, as the model is built.
+
+    The width is depth * aspect_ratio rounded up to whole heads. Each block holds 4 d^2 of
+    attention projections and 8 d^2 of MLP; the lm_head is d x vocab. The small value-embedding
+    gates are left out, hence "approximate".
+    """
+    width = -(-depth * aspect_ratio // head_dim) * head_dim
+    return 12 * depth * width**2 + width * vocab_size
+
+
+def flops_from_gpu_hours(gpu_hours: float, gpu: str, mfu: float) -> float:
+    """Compute that gpu_hours on the named accelerator deliver at the given model FLOPs utilisation."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"MFU must be a fraction in (0, 1], got {mfu}")
+    peak = peak_flops(gpu)
+    if not np.isfinite(peak):
+        raise ValueError(f"unknown accelerator {gpu!r}; name one in llm.analysis.hardware or pass FLOPs directly")
+    return gpu_hours * 3600 * peak * mfu
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The law's optimum for a budget and the closest buildable run."""
+
+    flops: float
+    params_opt: float
+    tokens_opt: float
+    loss_opt: float
+    depth: int
+    params: int
+    tokens: float
+    loss: float
+    iterations: int
+    total_batch_size: int
+
+    @property
+    def command(self) -> str:
+        command = f"python train.py model=d{self.depth} budget=flops budget.target_flops={self.flops:.3g}"
+        if self.total_batch_size != DEFAULT_TOTAL_BATCH_SIZE:
+            command += f" train.total_batch_size={self.total_batch_size}"
+        return command
+
+    def summary(self) -> dict:
+        """A JSON-ready dict, including the command."""
+        return {**{name: getattr(self, name) for name in self.__dataclass_fields__}, "command": self.command}
+
+
+def plan_run(
+    flops: float,
+    law: LossLaw,
+    params_for_depth: Callable[[int], float],
+    *,
+    depths: Iterable[int] = DEFAULT_DEPTHS,
+    total_batch_size: int = DEFAULT_TOTAL_BATCH_SIZE,
+) -> RunPlan:
+    """Recommend a depth and training length for `flops` of compute under `law`."""
+    if not flops > 0:
+        raise ValueError(f"compute budget must be positive, got {flops}")
+    if total_batch_size <= 0:
+        raise ValueError(f"total batch size must be positive, got {total_batch_size}")
+    params_opt, tokens_opt = (float(x) for x in law.optimal_allocation(flops))
+    candidates = [(depth, params_for_depth(depth)) for depth in depths]
+    if not candidates:
+        raise ValueError("no candidate depths to choose from")
+    depth, params = min(candidates, key=lambda item: abs(np.log(item[1] / params_opt)))
+    tokens = flops / (6 * params)
+    return RunPlan(
+        flops=float(flops),
+        params_opt=params_opt,
+        tokens_opt=tokens_opt,
+        loss_opt=float(law.loss(params_opt, tokens_opt)),
+        depth=int(depth),
+        params=int(params),
+        tokens=float(tokens),
+        loss=float(law.loss(params, tokens)),
+        iterations=int(round(tokens / total_batch_size)),
+        total_batch_size=int(total_batch_size),
+    )

@@ -1,0 +1,109 @@
+"""Figures of the scaling-law fits. Every function returns a matplotlib Figure and, given a
+path, also saves it as a PNG.
+
+Without a display (clusters, CI) and without a backend chosen by the user or by Jupyter
+(which sets MPLBACKEND), figures render with Agg so that nothing tries to open a window.
+"""
+
+import os
+import sys
+
+import matplotlib
+
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ:
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from llm.analysis.isoflop import IsoFlopFit  # noqa: E402
+from llm.analysis.parametric import ParametricFit  # noqa: E402
+
+
+def budget_colours(count: int):
+    return plt.cm.viridis(np.linspace(0, 0.9, count))
+
+
+def finish(fig: Figure, path) -> Figure:
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def plot_isoflop(fit: IsoFlopFit, *, path=None) -> Figure:
+    """Loss against N for each budget, with the fitted parabola and its minimum (a star).
+
+    Budgets that were skipped show their points only.
+    """
+    fig, ax = plt.subplots(figsize=(7, 5))
+    budgets = sorted(fit.points["flops"].unique())
+    optima = fit.budgets.set_index("flops")
+    for flops, colour in zip(budgets, budget_colours(len(budgets))):
+        runs = fit.points[fit.points["flops"] == flops].sort_values("params")
+        ax.plot(runs["params"], runs["loss"], "o", color=colour, label=f"{flops:.2g} FLOPs")
+        if flops not in optima.index:
+            continue
+        optimum = optima.loc[flops]
+        log_params = np.log10(runs["params"])
+        x = np.linspace(log_params.min() - 0.1, log_params.max() + 0.1, 100)
+        ax.plot(10**x, optimum["curvature"] * x**2 + optimum["slope"] * x + optimum["intercept"],
+                "--", color=colour)
+        ax.plot(optimum["params_opt"], optimum["loss_opt"], "*", color=colour, markersize=15,
+                markeredgecolor="black")
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles")
+    ax.legend(title="budget")
+    ax.grid(True, alpha=0.3)
+    return finish(fig, path)
+
+
+def plot_optimal_scaling(fit: IsoFlopFit, parametric: ParametricFit | None = None, *, path=None) -> Figure:
+    """N_opt and D_opt against C: IsoFLOP optima with their power laws (Approach 2) and, when
+    given, the parametric law's allocation with its bootstrap band (Approach 3)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    flops = fit.budgets["flops"]
+    grid = np.logspace(np.log10(flops.min()) - 0.5, np.log10(flops.max()) + 0.5, 100)
+    band = parametric.allocation_band(grid) if parametric is not None and len(parametric.bootstrap) else None
+    if parametric is not None:
+        predicted = dict(zip(["params", "tokens"], parametric.law.optimal_allocation(grid)))
+        exponents = {"params": parametric.law.a, "tokens": parametric.law.b}
+    panels = [("params", "N_opt", fit.params_law), ("tokens", "D_opt", fit.tokens_law)]
+    for ax, (quantity, label, power_law) in zip(axes, panels):
+        ax.plot(flops, fit.budgets[f"{quantity}_opt"], "o", markersize=9, label="IsoFLOP optima")
+        if power_law is not None:
+            ax.plot(grid, power_law(grid), "--", label=f"Approach 2: {label} ∝ C^{power_law.exponent:.3f}")
+        if parametric is not None:
+            ax.plot(grid, predicted[quantity], "-", label=f"Approach 3: {label} ∝ C^{exponents[quantity]:.3f}")
+        if band is not None:
+            ax.fill_between(grid, band[f"{quantity}_low"], band[f"{quantity}_high"], alpha=0.2,
+                            label=f"{parametric.confidence:.0%} bootstrap band")
+        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label,
+               title=f"compute-optimal {quantity}")
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    return finish(fig, path)
+
+
+def plot_loss_frontier(fit: ParametricFit, *, path=None) -> Figure:
+    """Left: every run's loss against its 6ND compute, under the law's compute-optimal frontier.
+    Right: the law's prediction against the observed loss, on the diagonal if the law fits."""
+    fig, (frontier_ax, parity_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    points = fit.points
+    compute = 6 * points["params"] * points["tokens"]
+    frontier_ax.plot(compute, points["loss"], "o", alpha=0.7, label="runs")
+    grid = np.logspace(np.log10(compute.min()), np.log10(compute.max()), 100)
+    frontier_ax.plot(grid, fit.law.loss(*fit.law.optimal_allocation(grid)), "-",
+                     label="L(N_opt(C), D_opt(C))")
+    frontier_ax.set(xscale="log", xlabel="compute 6ND (FLOPs)", ylabel="loss", title="loss frontier")
+    frontier_ax.legend()
+    frontier_ax.grid(True, alpha=0.3)
+
+    predicted = fit.law.loss(points["params"], points["tokens"])
+    parity_ax.plot(points["loss"], predicted, "o", alpha=0.7, label="runs")
+    limits = [min(points["loss"].min(), predicted.min()), max(points["loss"].max(), predicted.max())]
+    parity_ax.plot(limits, limits, "k--", label="prediction = observation")
+    parity_ax.set(xlabel="observed loss", ylabel="predicted loss", title="parametric fit")
+    parity_ax.legend()
+    parity_ax.grid(True, alpha=0.3)
+    return finish(fig, path)

@@ -1,0 +1,391 @@
+"""Scaling-law analysis: fits recover known laws, bad input warns or fails clearly, CLI and plots work."""
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llm.analysis.__main__ import main
+from llm.analysis.conventions import scaling_params, training_flops
+from llm.analysis.hardware import PEAK_BF16_FLOPS, peak_flops
+from llm.analysis.isoflop import fit_isoflop
+from llm.analysis.parametric import CHINCHILLA_LAW, LossLaw, fit_parametric
+from llm.analysis.planner import (
+    DEFAULT_TOTAL_BATCH_SIZE,
+    approximate_scaling_params,
+    flops_from_gpu_hours,
+    plan_run,
+)
+from llm.analysis.table import keep_finished_runs, load_table
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAW = CHINCHILLA_LAW  # E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28
+BUDGETS = [1e18, 1e19, 1e20, 1e21]
+
+
+def collector_rows(params, tokens, loss, flops_budget) -> pd.DataFrame:
+    """Rows shaped like the sweep collector's table; N (kaplan) is split 90/10 transformer/lm_head."""
+    params = np.asarray(params, dtype=float)
+    return pd.DataFrame({
+        "flops_budget": flops_budget,
+        "params_transformer": 0.9 * params,
+        "params_lm_head": 0.1 * params,
+        "params_wte": 0.1 * params,
+        "params_total": 1.2 * params,
+        "tokens_trained": tokens,
+        "flops_per_token": 6.5 * params,
+        "val_bpb": loss,
+        "status": "done",
+    })
+
+
+def isoflop_grid(budgets=BUDGETS, sizes_per_budget=7, noise=0.0, seed=0) -> pd.DataFrame:
+    """Runs spread over +-0.6 decades of N around each budget's true optimum, D = C / (6N)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for flops in budgets:
+        params_opt, _ = LAW.optimal_allocation(flops)
+        params = params_opt * np.logspace(-0.6, 0.6, sizes_per_budget)
+        tokens = flops / (6 * params)
+        loss = LAW.loss(params, tokens) * np.exp(rng.normal(0, noise, params.size))
+        frames.append(collector_rows(params, tokens, loss, flops))
+    return pd.concat(frames, ignore_index=True)
+
+
+def parametric_grid(noise=0.0, seed=0) -> pd.DataFrame:
+    """Every pairing of 7 model sizes with 7 token counts; N is also in a plain `params` column."""
+    params, tokens = (grid.ravel() for grid in np.meshgrid(np.logspace(7, 10, 7), np.logspace(9, 12, 7)))
+    loss = LAW.loss(params, tokens) * np.exp(np.random.default_rng(seed).normal(0, noise, params.size))
+    return collector_rows(params, tokens, loss, 6 * params * tokens).assign(params=params)
+
+
+# --- hardware ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, flops", [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA H200 NVL", 836e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA B200", 2.25e15),
+    ("NVIDIA GB200", 2.5e15),
+    ("NVIDIA L40S", 362e12),
+    ("NVIDIA L4", 121e12),
+    ("AMD Instinct MI250X", 383e12),
+    ("AMD Instinct MI250", 362.1e12),
+    ("NVIDIA GeForce RTX 4090", 165.2e12),
+])
+def test_peak_flops_matches_driver_names(name, flops):
+    assert peak_flops(name) == flops
+
+
+def test_unknown_device_has_infinite_peak_and_warns():
+    with pytest.warns(UserWarning, match="no peak FLOPs"):
+        assert peak_flops("Imaginary Accelerator 9000") == float("inf")
+    assert all(rule.flops > 1e13 for rule in PEAK_BF16_FLOPS)
+
+
+# --- table and conventions ----------------------------------------------------------------------
+
+def test_load_table_concatenates_and_filters(tmp_path):
+    first = isoflop_grid(budgets=[1e18])
+    first.loc[0, "status"] = "failed"
+    first.loc[1, "status"] = "running"
+    second = isoflop_grid(budgets=[1e19])
+    second.loc[2, "val_bpb"] = np.nan
+    first.to_csv(tmp_path / "a.csv", index=False)
+    second.to_parquet(tmp_path / "b.parquet")
+    with pytest.warns(UserWarning) as caught:
+        runs = load_table([tmp_path / "a.csv", tmp_path / "b.parquet"])
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "2 unfinished runs" in messages and "1 failed" in messages and "1 running" in messages
+    assert "dropping 1 runs" in messages
+    assert len(runs) == 14 - 3
+    assert set(runs["source"]) == {str(tmp_path / "a.csv"), str(tmp_path / "b.parquet")}
+
+
+def test_table_errors_are_one_clear_line(tmp_path):
+    runs = isoflop_grid(budgets=[1e18])
+    with pytest.raises(ValueError, match="no column 'loss'.*available"):
+        keep_finished_runs(runs, loss_col="loss")
+    with pytest.warns(UserWarning, match="7 failed"), pytest.raises(ValueError, match="no finished runs"):
+        keep_finished_runs(runs.assign(status="failed"))
+    with pytest.raises(ValueError, match=r"\.csv or \.parquet"):
+        load_table(tmp_path / "results.txt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_table(tmp_path / "missing.csv")
+
+
+def test_parameter_and_flops_conventions():
+    runs = collector_rows([1e8, 2e8], [1e10, 2e10], [3.0, 2.9], 1e19)
+    np.testing.assert_allclose(scaling_params(runs, "kaplan"), [1e8, 2e8])
+    np.testing.assert_allclose(scaling_params(runs, "transformer"), [0.9e8, 1.8e8])
+    np.testing.assert_allclose(scaling_params(runs, "total"), [1.2e8, 2.4e8])
+    np.testing.assert_allclose(training_flops(runs, "6ND"), [6e18, 24e18])
+    np.testing.assert_allclose(training_flops(runs, "model"), [6.5e18, 26e18])
+    with pytest.raises(ValueError, match="choose one of total, kaplan, transformer"):
+        scaling_params(runs, "everything")
+    with pytest.raises(ValueError, match="no column 'params_transformer'"):
+        scaling_params(runs.drop(columns="params_transformer"))
+
+
+# --- IsoFLOP (Approach 2) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("flops_convention", ["model", "6ND"])
+def test_isoflop_recovers_allocation_exponents(flops_convention):
+    runs = isoflop_grid()
+    fit = fit_isoflop(runs, flops_convention=flops_convention)
+    assert fit.params_law.exponent == pytest.approx(LAW.a, abs=0.005)
+    assert fit.tokens_law.exponent == pytest.approx(LAW.b, abs=0.005)
+    params_opt, tokens_opt = LAW.optimal_allocation(fit.budgets["flops"])
+    np.testing.assert_allclose(fit.budgets["params_opt"], params_opt, rtol=0.03)
+    np.testing.assert_allclose(fit.budgets["tokens_opt"], tokens_opt, rtol=0.03)
+    true_ratio = np.divide(*LAW.optimal_allocation(fit.reference_flops)[::-1])
+    assert fit.reference_flops == pytest.approx(np.sqrt(1e18 * 1e21))
+    assert fit.ratio_at_reference == pytest.approx(true_ratio, rel=0.03)
+    assert fit.ratio_std > 0 and not fit.skipped and not fit.budgets["extrapolated"].any()
+
+
+def test_isoflop_with_noise_still_close():
+    runs = isoflop_grid(sizes_per_budget=11, noise=0.002, seed=3)
+    fit = fit_isoflop(runs)
+    assert fit.params_law.exponent == pytest.approx(LAW.a, abs=0.05)
+    assert fit.tokens_law.exponent == pytest.approx(LAW.b, abs=0.05)
+
+
+def test_isoflop_skips_degenerate_budgets_and_fits_the_rest():
+    good = isoflop_grid(budgets=[1e18, 1e19, 1e20])
+    too_few = isoflop_grid(budgets=[1e21]).iloc[:2]
+    concave = isoflop_grid(budgets=[1e22])
+    concave["val_bpb"] = 5.0 - (np.log10(concave["params_transformer"]) - 9.5) ** 2
+    nan_loss = isoflop_grid(budgets=[1e23]).assign(val_bpb=np.nan)
+    runs = pd.concat([good, too_few, concave, nan_loss], ignore_index=True)
+    with pytest.warns(UserWarning) as caught:
+        runs = keep_finished_runs(runs)
+        fit = fit_isoflop(runs)
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "dropping 7 runs" in messages
+    assert "skipping budget 1e+21" in messages and "skipping budget 1e+22" in messages
+    assert "not convex" in fit.skipped[1e22] and "2 distinct" in fit.skipped[1e21]
+    assert list(fit.budgets["flops"]) == [1e18, 1e19, 1e20]
+    assert fit.params_law.exponent == pytest.approx(LAW.a, abs=0.01)
+
+
+def test_isoflop_warns_when_an_optimum_lies_outside_the_sweep():
+    runs = isoflop_grid(budgets=[1e19, 1e20])
+    runs = runs[runs["params_transformer"] < 0.9 * LAW.optimal_allocation(runs["flops_budget"])[0]]
+    with pytest.warns(UserWarning, match="outside the sampled model sizes"):
+        fit = fit_isoflop(runs)
+    assert fit.budgets["extrapolated"].all()
+
+
+def test_isoflop_rejects_unfittable_tables():
+    runs = isoflop_grid(budgets=[1e18]).iloc[:2]
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no budget could be fitted"):
+        fit_isoflop(runs)
+    with pytest.raises(ValueError, match="no column 'params_lm_head'"):
+        fit_isoflop(isoflop_grid().drop(columns="params_lm_head"))
+    with pytest.raises(ValueError, match="no column 'N'"):
+        fit_isoflop(isoflop_grid(), params_col="N")
+    with pytest.raises(ValueError, match="params is missing or not positive in 1 runs"):
+        fit_isoflop(isoflop_grid().assign(N=[np.nan] + [1e8] * 27), params_col="N")
+
+
+# --- parametric (Approach 3) --------------------------------------------------------------------
+
+def test_allocation_is_the_isoflop_minimum():
+    flops = 1e21
+    params_opt, tokens_opt = LAW.optimal_allocation(flops)
+    assert 6 * params_opt * tokens_opt == pytest.approx(flops)
+    params = params_opt * np.logspace(-1, 1, 2001)
+    losses = LAW.loss(params, flops / (6 * params))
+    assert params[np.argmin(losses)] == pytest.approx(params_opt, rel=0.01)
+    assert (LAW.a, LAW.b) == pytest.approx((0.28 / 0.62, 0.34 / 0.62))
+
+
+def test_parametric_recovers_noise_free_law_exactly():
+    fit = fit_parametric(parametric_grid(), params_col="params", n_boot=0)
+    for name in ["E", "A", "B", "alpha", "beta"]:
+        assert getattr(fit.law, name) == pytest.approx(getattr(LAW, name), rel=1e-4), name
+
+
+def test_parametric_with_noise_has_intervals_around_the_truth():
+    fit = fit_parametric(parametric_grid(noise=0.015, seed=1), n_boot=40, seed=0)
+    # Tolerances hold for every one of seeds 0-11 at this noise level, not only this seed.
+    assert fit.law.E == pytest.approx(LAW.E, rel=0.1)
+    assert fit.law.alpha == pytest.approx(LAW.alpha, abs=0.03)
+    assert fit.law.beta == pytest.approx(LAW.beta, abs=0.07)
+    assert fit.law.a == pytest.approx(LAW.a, abs=0.05)
+    truth = LAW.as_dict()
+    for name, (low, high) in fit.ci.items():
+        assert low < truth[name] < high, name
+        assert low <= getattr(fit.law, name) <= high or name == "G", name
+    assert set(fit.ci) == {"E", "A", "B", "alpha", "beta", "a", "b", "G"}
+    band = fit.allocation_band([1e20])
+    params_opt, _ = LAW.optimal_allocation(1e20)
+    assert band["params_low"][0] < params_opt < band["params_high"][0]
+
+
+def test_parametric_defaults_to_kaplan_params_and_rejects_bad_input():
+    runs = parametric_grid()
+    default = fit_parametric(runs.drop(columns="params"), n_boot=0).law
+    assert default.alpha == pytest.approx(LAW.alpha, rel=1e-4)
+    total = fit_parametric(runs, params_convention="total", n_boot=0).law  # N scaled by 1.2
+    assert total.A == pytest.approx(LAW.A * 1.2**LAW.alpha, rel=1e-3)
+    with pytest.raises(ValueError, match="needs more than 3 runs"):
+        fit_parametric(runs.iloc[:3])
+    with pytest.raises(ValueError, match="tokens is missing or not positive in 49 runs"):
+        fit_parametric(runs.assign(tokens_trained=0.0))
+
+
+# --- planner ------------------------------------------------------------------------------------
+
+def test_planner_picks_the_depth_closest_in_log_params():
+    flops = 1e19
+    plan = plan_run(flops, LAW, approximate_scaling_params)
+    params_opt, _ = LAW.optimal_allocation(flops)
+    distances = {d: abs(np.log(approximate_scaling_params(d) / params_opt)) for d in range(2, 65)}
+    assert plan.depth == min(distances, key=distances.get)
+    assert plan.params == approximate_scaling_params(plan.depth)
+    assert plan.tokens == pytest.approx(flops / (6 * plan.params))
+    assert plan.iterations == round(plan.tokens / DEFAULT_TOTAL_BATCH_SIZE)
+    assert plan.loss >= plan.loss_opt
+    assert plan.command == f"python train.py model=d{plan.depth} budget=flops budget.target_flops=1e+19"
+
+
+def test_planner_uses_the_callers_params_and_batch():
+    law = LossLaw(E=0.5, A=100.0, B=100.0, alpha=0.3, beta=0.3)  # equal exponents: N_opt = sqrt(C/6)
+    plan = plan_run(6e18, law, lambda depth: 10.0**depth, depths=range(5, 15), total_batch_size=1000)
+    assert plan.depth == 9
+    assert plan.iterations == round(1e9 / 1000)
+    assert plan.command.endswith("budget.target_flops=6e+18 train.total_batch_size=1000")
+
+
+def test_approximate_params_and_gpu_hours():
+    # d12: width 768; 12 blocks of 12 * 768^2, plus a 768 x 32768 lm_head.
+    assert approximate_scaling_params(12) == 12 * 12 * 768**2 + 768 * 32768
+    assert approximate_scaling_params(3) == 12 * 3 * 256**2 + 256 * 32768  # 192 rounds up to 2 heads
+    assert flops_from_gpu_hours(2, "NVIDIA H100 80GB HBM3", 0.5) == pytest.approx(2 * 3600 * 989e12 * 0.5)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="unknown accelerator"):
+        flops_from_gpu_hours(1, "abacus", 0.5)
+    with pytest.raises(ValueError, match="MFU"):
+        flops_from_gpu_hours(1, "H100", 40)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llm.analysis", *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def results_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "results.csv"
+    runs = pd.concat([isoflop_grid(noise=0.001, seed=2), parametric_grid(noise=0.001).drop(columns="params")])
+    runs.to_csv(path, index=False)
+    return path
+
+
+def test_cli_isoflop_json(results_csv, tmp_path):
+    isoflop_only = tmp_path / "isoflop.csv"
+    isoflop_grid().to_csv(isoflop_only, index=False)
+    result = run_cli("isoflop", isoflop_only, "--json", "--plot", tmp_path / "isoflop.png")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["a"] == pytest.approx(LAW.a, abs=0.005)
+    assert summary["b"] == pytest.approx(LAW.b, abs=0.005)
+    assert len(summary["budgets"]) == 4 and summary["optimal_ratio"] > 0
+    assert (tmp_path / "isoflop.png").stat().st_size > 0
+    human = run_cli("isoflop", isoflop_only, "--params-convention", "total")
+    assert human.returncode == 0 and "N_opt ∝ C^a" in human.stdout
+
+
+def test_cli_parametric_json(results_csv):
+    result = run_cli("parametric", results_csv, "--n-boot", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {"E", "A", "B", "alpha", "beta", "a", "b", "ci"} <= set(summary)
+    assert set(summary["ci"]) >= {"E", "A", "B", "alpha", "beta", "a", "b"}
+    assert summary["alpha"] == pytest.approx(LAW.alpha, abs=0.03)
+    low, high = summary["ci"]["beta"]
+    assert low <= summary["beta"] <= high
+
+
+def test_cli_plan_prints_a_runnable_command(results_csv):
+    result = run_cli("plan", "--flops", "1e19")
+    assert result.returncode == 0, result.stderr
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line.startswith("python train.py model=d") and last_line.endswith("budget.target_flops=1e+19")
+    fitted = run_cli("plan", "--gpu-hours", "8", "--gpu", "H100", "--table", results_csv, "--json",
+                     "--total-batch-size", "262144")
+    assert fitted.returncode == 0, fitted.stderr
+    plan = json.loads(fitted.stdout)
+    assert plan["flops"] == pytest.approx(8 * 3600 * 989e12 * 0.4)
+    assert plan["law"]["alpha"] == pytest.approx(LAW.alpha, abs=0.03)
+    assert plan["command"].endswith("train.total_batch_size=262144")
+
+
+@pytest.mark.parametrize("args, message", [  # in-process: the same main() as the subprocess runs
+    (["isoflop", "{csv}", "--loss-col", "nope"], "no column 'nope'"),
+    (["parametric", "{csv}", "--params-col", "nope"], "no column 'nope'"),
+    (["isoflop", "{empty}"], "no finished runs"),
+    (["plan"], "--flops"),
+    (["plan", "--flops", "1e19", "--params-for-depth", "llm.analysis.planner:nothing"], "params-for-depth"),
+])
+def test_cli_errors_exit_2_with_one_line(results_csv, tmp_path, capsys, args, message):
+    empty = tmp_path / "empty.csv"
+    isoflop_grid(budgets=[1e18]).assign(status="failed").to_csv(empty, index=False)
+    assert main([arg.format(csv=results_csv, empty=empty) for arg in args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fits():
+    runs = isoflop_grid(budgets=[1e18, 1e19, 1e20])
+    runs = pd.concat([runs, isoflop_grid(budgets=[1e21]).iloc[:2]], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        isoflop = fit_isoflop(runs)
+    parametric = fit_parametric(parametric_grid(noise=0.01), n_boot=8)
+    return isoflop, parametric
+
+
+def test_isoflop_plot_has_points_parabolas_and_optima(fits, tmp_path):
+    from llm.analysis.plots import plot_isoflop
+
+    figure = plot_isoflop(fits[0], path=tmp_path / "isoflop.png")
+    lines = figure.axes[0].get_lines()
+    assert len(lines) == 4 + 2 * 3  # points for every budget; parabola and optimum for fitted ones
+    assert sum(line.get_marker() == "*" for line in lines) == 3
+    assert (tmp_path / "isoflop.png").stat().st_size > 0
+
+
+def test_optimal_scaling_plot_has_fits_and_bands(fits):
+    from llm.analysis.plots import plot_optimal_scaling
+
+    isoflop, parametric = fits
+    alone = plot_optimal_scaling(isoflop)
+    assert [len(ax.get_lines()) for ax in alone.axes] == [2, 2]
+    assert len(alone.axes[0].get_lines()[0].get_xdata()) == 3
+    both = plot_optimal_scaling(isoflop, parametric)
+    assert [len(ax.get_lines()) for ax in both.axes] == [3, 3]
+    assert [len(ax.collections) for ax in both.axes] == [1, 1]
+
+
+def test_loss_frontier_plot(fits):
+    from llm.analysis.plots import plot_loss_frontier
+
+    figure = plot_loss_frontier(fits[1])
+    frontier, parity = figure.axes
+    assert len(frontier.get_lines()[0].get_xdata()) == 49
+    assert len(parity.get_lines()) == 2
