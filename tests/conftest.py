@@ -53,3 +53,11 @@ def run_train(run_dir: Path, *overrides: str, home: Path, check: bool = True, np
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, llm_home) -> Path:
+    """A tiny model trained once per session by a real train.py process (for evaluation, chat, export)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run_train(run, *TINY_RUN, "budget.num_iterations=12", home=llm_home)
+    return run

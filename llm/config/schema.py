@@ -126,7 +126,7 @@ class RunConfig:
     budget: BudgetConfig = MISSING
     data: DataConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     run_name: str = "run"
@@ -146,6 +146,7 @@ GROUPS = {
     "attention": AttentionConfig,
     "budget": BudgetConfig,
     "data": DataConfig,
+    "eval": EvalConfig,
 }
 
 

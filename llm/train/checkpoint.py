@@ -82,3 +82,15 @@ def load(path: Path, runtime: Runtime) -> tuple[dict, dict, dict, dict]:
     optimizer_state = torch.load(path / f"optim_rank{runtime.rank}.pt", map_location=runtime.device)
     loader_state = json.loads((path / f"loader_rank{runtime.rank}.json").read_text())
     return model_state, optimizer_state, loader_state, meta
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint directory from a run directory (its newest checkpoint) or a checkpoint itself."""
+    path = Path(path)
+    if (path / "meta.json").exists() and (path / "model.pt").exists():
+        return path
+    newest = latest(path / "checkpoints")
+    if newest is None:
+        raise FileNotFoundError(f"{path} holds no checkpoint: give a run directory that has trained, "
+                                "or a checkpoints/step_N directory")
+    return newest

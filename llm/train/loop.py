@@ -26,6 +26,7 @@ from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
 from llm.train.preemption import StopSignal
 from llm.train.progress import Progress
+from llm.train.inference import TOKENIZER_DIR
 from llm.train.rundir import RunDir
 from llm.train.step import train_step
 from llm.train.tracking import Tracker
@@ -72,6 +73,8 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime) -> dict:
     corpus_dir = _master_first(runtime, lambda: build.corpus(cfg.data, base))
     tok = _master_first(runtime, lambda: build.tokenizer(cfg.data, corpus_dir, base))
     plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
+    if runtime.is_master and not (run.path / TOKENIZER_DIR).exists():
+        tok.save(run.path / TOKENIZER_DIR)  # the run directory stays usable without the data home
     model = build.model(plan.shape, cfg.attention, runtime)
     optimizer = build.optimizer(model, plan, cfg.optim, runtime)
     train_batches = build.loader(cfg, tok, corpus_dir, "train", runtime)
