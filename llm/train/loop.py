@@ -62,12 +62,14 @@ def _master_first(runtime: runtimes.Runtime, make: Callable):
 
 def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime) -> dict:
     say = print if runtime.is_master else (lambda *_: None)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run.check_identity(config)
     finished = run.read_summary()
     if finished and finished["status"] == "done":
         say(f"{run.path} already finished at step {finished['step']}: nothing to do")
         return finished
-    run.claim(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_yaml(cfg, resolve=True),
-              write=runtime.is_master)
+    if runtime.is_master:
+        run.bind(config, OmegaConf.to_yaml(cfg, resolve=True))
 
     base = base_dir(cfg.base_dir)
     corpus_dir = _master_first(runtime, lambda: build.corpus(cfg.data, base))
@@ -97,8 +99,8 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime) -> dict:
     resumed_at = state.step
 
     step_model = torch.compile(model, dynamic=False) if cfg.train.compile else model
-    tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, cfg.run_name, run.path,
-                      OmegaConf.to_container(cfg, resolve=True), enabled=runtime.is_master)
+    tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, cfg.run_name, run.path, config,
+                      enabled=runtime.is_master)
     stop = StopSignal()
     # MFU against the accelerator's bf16 peak; CPUs have no table entry (the benchmark measures theirs).
     peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device.type == "cuda" else None

@@ -46,11 +46,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _select(config: Mapping, dotted: str) -> Any:
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def _trajectory(config: Mapping) -> dict[str, Any]:
+    def select(dotted: str) -> Any:
+        node = config
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    return {key: select(key) for key in TRAJECTORY_KEYS}
 
 
 class RunDir:
@@ -60,25 +63,25 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.checkpoints = self.path / "checkpoints"
 
-    def claim(self, config: Mapping, resolved_yaml: str, write: bool) -> None:
-        """Check that this directory belongs to the same config, and (when `write`) bind it to it.
-
-        Every rank checks, so that all of them fail together; only one writes.
-        """
-        trajectory = {key: _select(config, key) for key in TRAJECTORY_KEYS}
+    def check_identity(self, config: Mapping) -> None:
+        """Refuse a directory that holds a run of another config (every rank checks, so all fail together)."""
         identity_path = self.path / "identity.json"
-        if identity_path.exists():
-            recorded = json.loads(identity_path.read_text())["trajectory"]
-            differing = [k for k in TRAJECTORY_KEYS if json.dumps(recorded.get(k), sort_keys=True)
-                         != json.dumps(trajectory[k], sort_keys=True, default=str)]
-            if differing:
-                raise ConfigError(f"{self.path} holds a run of a different config (differs in {', '.join(differing)}): "
-                                  "choose another hydra.run.dir, or delete that directory to start over")
-        if not write:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
         if not identity_path.exists():
-            write_atomic(identity_path, json.dumps({"trajectory": trajectory, "git_commit": git_commit()},
+            return
+        recorded = json.loads(identity_path.read_text())["trajectory"]
+        current = _trajectory(config)
+        differing = [k for k in TRAJECTORY_KEYS if json.dumps(recorded.get(k), sort_keys=True, default=str)
+                     != json.dumps(current[k], sort_keys=True, default=str)]
+        if differing:
+            raise ConfigError(f"{self.path} holds a run of a different config (differs in {', '.join(differing)}): "
+                              "choose another hydra.run.dir, or delete that directory to start over")
+
+    def bind(self, config: Mapping, resolved_yaml: str) -> None:
+        """Record the config this directory runs (its identity is written once, by the first run)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        identity_path = self.path / "identity.json"
+        if not identity_path.exists():
+            write_atomic(identity_path, json.dumps({"trajectory": _trajectory(config), "git_commit": git_commit()},
                                                    indent=2, default=str))
         write_atomic(self.path / "config.yaml", resolved_yaml)
 
