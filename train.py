@@ -11,6 +11,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from llm.config import derived
@@ -23,7 +24,8 @@ register()
 def main(cfg: DictConfig) -> None:
     try:
         if cfg.dry_run:
-            print(derived.plan(cfg).report())
+            plan = derived.plan(cfg)
+            print(plan.one_line() if HydraConfig.get().mode == RunMode.MULTIRUN else plan.report())
             return
         from llm.train.loop import train  # torch is imported only when there is training to do
 

@@ -206,3 +206,12 @@ def test_bad_arguments(tokenizer, dataset):
         TokenLoader(tokenizer, shards, **{**OPTIONS, "sequence_len": 0})
     with pytest.raises(ValueError, match="no column 'body'"):
         next(TokenLoader(tokenizer, shards, text_column="body", **OPTIONS))
+
+
+@pytest.mark.parametrize("packing", ["bos_bestfit", "stream"])
+def test_row_sharding_gives_the_same_global_batches_at_any_world_size(tokenizer, dataset, packing):
+    options = {**OPTIONS, "packing": packing, "shard_by": "rows"}
+    single = make_loader(tokenizer, dataset, **{**options, "batch_size": 2 * B})
+    ranks = [make_loader(tokenizer, dataset, **options, rank=r, world_size=2) for r in range(2)]
+    for global_rows in take(single, 6):
+        assert torch.equal(global_rows, torch.cat([take(loader, 1)[0] for loader in ranks]))

@@ -141,7 +141,7 @@ def test_muon_matches_plain_implementation_over_steps():
     hyper = dict(lr=0.02, beta2=0.95, weight_decay=0.2, ns_steps=5)
     groups = [dict(kind="muon", params=[p for p in params if p.shape == s], momentum=0.85, **hyper)
               for s in sorted({p.shape for p in params})]
-    optimizer = MuonAdamW(groups)
+    optimizer = MuonAdamW(groups, ortho_dtype=torch.bfloat16)  # the reference's arithmetic, as PlainMuon's
     expected = [p.detach().clone() for p in params]
     plain = [PlainMuon(p) for p in expected]
     for step in range(5):
@@ -345,3 +345,18 @@ def test_state_dict_round_trip_resumes_bit_identically(name):
     train_steps(resumed, resumed_params, cfg, range(3, 7))
     for p, q in zip(params, resumed_params):
         assert torch.equal(p, q)
+
+
+def test_orthogonalisation_in_float32_where_bf16_matmuls_are_slow(monkeypatch):
+    import llm.optim.muon_adamw as muon_adamw
+
+    monkeypatch.setattr(muon_adamw, "fast_bf16_matmul", lambda device_type: False)
+    param = torch.nn.Parameter(torch.randn(16, 8))
+    fp32 = MuonAdamW([dict(kind="muon", params=[param], lr=0.02, momentum=0.9, ns_steps=5, beta2=0.95,
+                           weight_decay=0.0)])
+    assert fp32.ortho_dtype == torch.float32
+    stack = torch.randn(2, 16, 8)
+    exact = polar_express(stack, 5, torch.float32)
+    assert exact.dtype == torch.float32
+    singular_values = torch.linalg.svdvals(exact)
+    assert singular_values.min() > 0.5 and singular_values.max() < 1.2

@@ -179,6 +179,13 @@ class Plan:
         ]
         return "\n".join(lines)
 
+    def one_line(self) -> str:
+        """The plan of one job of a sweep, as a dry run of the sweep lists it."""
+        return (f"d{self.shape.depth} (dim {self.shape.model_dim}): {self.params['total']:,} params, "
+                f"{self.scaling_params:,} scaling | {self.flops_per_token:.3e} FLOPs/token | "
+                f"{self.num_iterations:,} iterations | {self.total_tokens:.3e} tokens | "
+                f"{self.total_flops:.3e} FLOPs")
+
     def describe(self) -> dict:
         """The plan as plain data, as dry_run prints it and sweeps record it."""
         s = self.shape

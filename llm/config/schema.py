@@ -53,6 +53,7 @@ class DataloaderConfig:
     buffer_size: int = 1000  # documents held for best-fit packing
     tokenizer_batch_size: int = 128  # documents tokenized together
     tokenizer_threads: int = 4
+    shard_by: str = "row_groups"  # row_groups: each rank packs its own data | rows: slices of one global stream
 
 
 @dataclass
@@ -103,6 +104,9 @@ class EvalConfig:
         "My favorite color is",
         "If 5*x + 3 = 13, then x is",
     ])
+    core_every: int = -1  # CORE every N steps and at the end (-1: never)
+    core_max_per_task: int = 500  # examples per CORE task, a fixed shuffled subset (-1: all)
+    bundle: str = "core"  # core: DCLM's bundle, downloaded | offline: built from held-out corpus text | a directory
 
 
 @dataclass
@@ -135,8 +139,24 @@ class RunConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     base_dir: Optional[str] = None  # data, tokenizers, caches; None: $LLM_HOME or ~/.cache/llm
     dry_run: bool = False
+    sweep_name: str = "adhoc"  # set by conf/sweep/*; names the sweep's directory and its Slurm jobs
     sweeps_root: str = "sweeps"  # multirun sweeps write under ROOT/<sweep>/<label>/ (shared storage on a cluster)
     sweep_label: str = "${now:%Y-%m-%d_%H-%M-%S}"  # re-use a label to complete or extend that sweep
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluation CLI (python -m llm.evaluate): one run directory, measured from the outside."""
+    eval: EvalConfig = MISSING
+    run_dir: Optional[str] = None  # a run directory written by train.py (its newest checkpoint is evaluated)
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 42  # for the unconditioned samples
+    base_dir: Optional[str] = None  # None: the run's own base_dir (then $LLM_HOME, then ~/.cache/llm)
+    split_tokens: Optional[int] = None  # tokens per split for bits per byte; None: the run's eval.tokens
+    unconditioned_samples: int = 8
+    unconditioned_tokens: int = 128
+    temperature: float = 1.0
 
 
 GROUPS = {
@@ -154,5 +174,6 @@ def register() -> None:
     """Register the schemas so that conf/ files can name them as their base in a defaults list."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
     for group, schema in GROUPS.items():
         store.store(group=group, name=f"{group}_schema", node=schema)

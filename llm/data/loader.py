@@ -27,6 +27,7 @@ from llm.data.shards import ShardReader, list_shards, split_shards
 from llm.data.tokenizer import Tokenizer
 
 PACKINGS = ("bos_bestfit", "stream")
+SHARDINGS = ("row_groups", "rows")
 STATE_VERSION = 1
 
 
@@ -177,7 +178,13 @@ class TokenLoader:
     def __init__(self, tokenizer: Tokenizer, shard_paths: list[Path], batch_size: int, sequence_len: int,
                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                  packing: str = "bos_bestfit", buffer_size: int = 1000, tokenizer_batch_size: int = 128,
-                 tokenizer_threads: int = 4, text_column: str = "text"):
+                 tokenizer_threads: int = 4, text_column: str = "text", shard_by: str = "row_groups"):
+        """shard_by="row_groups": each rank reads and packs its own row groups (no duplicated work).
+        shard_by="rows": every rank packs the whole stream and keeps its slice of each global batch,
+        so the global batches do not depend on the number of ranks (exactly reproducible across world
+        sizes, at the price of every rank tokenizing everything)."""
+        if shard_by not in SHARDINGS:
+            raise ValueError(f"shard_by must be one of {SHARDINGS}, got {shard_by!r}")
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
         if not 0 <= rank < world_size:
@@ -189,7 +196,11 @@ class TokenLoader:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.batch_size, self.sequence_len = batch_size, sequence_len
         self.device = torch.device(device)
-        self._feed = _DocumentFeed(ShardReader(shard_paths, text_column), tokenizer, rank, world_size,
+        # With row sharding this rank keeps rows [first_row, first_row + batch_size) of each global batch.
+        self._rows_packed = batch_size * world_size if shard_by == "rows" else batch_size
+        self._first_row = batch_size * rank if shard_by == "rows" else 0
+        feed_rank, feed_world = (0, 1) if shard_by == "rows" else (rank, world_size)
+        self._feed = _DocumentFeed(ShardReader(shard_paths, text_column), tokenizer, feed_rank, feed_world,
                                    tokenizer_batch_size, tokenizer_threads)
         self._packer = (_BestFitPacker(self._feed, buffer_size) if packing == "bos_bestfit"
                         else _StreamPacker(self._feed))
@@ -197,7 +208,7 @@ class TokenLoader:
         self._settings = {"packing": packing, "batch_size": batch_size, "sequence_len": sequence_len,
                           "rank": rank, "world_size": world_size, "buffer_size": buffer_size,
                           "tokenizer_batch_size": tokenizer_batch_size, "vocab_size": tokenizer.vocab_size,
-                          "num_shards": len(shard_paths)}
+                          "num_shards": len(shard_paths), "shard_by": shard_by}
         self._tokens_taken = 0  # document tokens consumed by rows, counting cropped ones
         self._tokens_dropped = 0
 
@@ -205,9 +216,10 @@ class TokenLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, dropped = self._packer.next_rows(self.batch_size, self.sequence_len)
+        rows, dropped = self._packer.next_rows(self._rows_packed, self.sequence_len)
         self._tokens_dropped += dropped
         self._tokens_taken += len(rows) * (self.sequence_len + 1) + dropped
+        rows = rows[self._first_row:self._first_row + self.batch_size]
         on_cuda = self.device.type == "cuda"
         # Pinned host memory lets the copy to the GPU overlap with compute.
         batch = torch.tensor(rows, dtype=torch.long, pin_memory=on_cuda)

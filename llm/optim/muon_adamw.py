@@ -20,6 +20,8 @@ import functools
 import torch
 from torch import Tensor
 
+from llm.device import fast_bf16_matmul
+
 # Polar Express coefficients (a, b, c) of the quintic x -> a x + b x^3 + c x^5 for each iteration,
 # from Amsel et al., "The Polar Express" (arXiv:2505.16932), computed for 5 iterations with
 # safety factor 2e-2 and cushion 2.
@@ -50,13 +52,14 @@ def adamw_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
     param.add_(exp_avg / denom, alpha=-(lr / first_correction))
 
 
-def polar_express(stack: Tensor, ns_steps: int) -> Tensor:
-    """Map each matrix U S V^T of a (K, rows, cols) stack to roughly U V^T, in bfloat16.
+def polar_express(stack: Tensor, ns_steps: int, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Map each matrix U S V^T of a (K, rows, cols) stack to roughly U V^T.
 
     The coefficients push every singular value towards 1 quickly rather than exactly, which is all
-    Muon needs, and the iteration is stable enough to run in bfloat16.
+    Muon needs, and the iteration is stable enough to run in bfloat16 (the default, as on GPUs);
+    CPUs without bf16 matrix units run it in float32, which is both faster and more exact there.
     """
-    x = stack.bfloat16()
+    x = stack.to(dtype)
     # Scale the spectral norm below 1 (the Frobenius norm bounds it), with a little margin.
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
     tall = stack.size(-2) > stack.size(-1)
@@ -88,15 +91,15 @@ def normuon_rescale(update: Tensor, second_moment: Tensor, beta2: Tensor, red_di
 
 def muon_update(grads: Tensor, params: Tensor, momentum_buffer: Tensor, second_moment: Tensor,
                 momentum: Tensor, lr: Tensor, weight_decay: Tensor, beta2: Tensor,
-                ns_steps: int, red_dim: int) -> None:
+                ns_steps: int, red_dim: int, ortho_dtype: torch.dtype = torch.bfloat16) -> None:
     """One Muon step on a (K, rows, cols) stack of parameters in place. Overwrites `grads`."""
     momentum = momentum.to(grads.dtype)
     momentum_buffer.lerp_(grads, 1 - momentum)
     nesterov = grads.lerp_(momentum_buffer, momentum)  # look ahead along the momentum
-    update = polar_express(nesterov, ns_steps)
+    update = polar_express(nesterov, ns_steps, ortho_dtype)
     update = normuon_rescale(update, second_moment, beta2, red_dim)
     # Cautious weight decay: shrink only the coordinates that the update already moves towards
-    # zero, so the decay never fights the gradient. The update is bfloat16, and so are lr and wd.
+    # zero, so the decay never fights the gradient. lr and wd take the update's dtype.
     lr = lr.to(update.dtype)
     weight_decay = weight_decay.to(update.dtype)
     agrees = (update * params) >= 0
@@ -149,13 +152,19 @@ class MuonAdamW(torch.optim.Optimizer):
     """Single-process Muon + AdamW. See the module docstring for the group format.
 
     compile: wrap the update functions in torch.compile; None compiles when any parameter is on CUDA.
+    ortho_dtype: the dtype of Muon's orthogonalisation; None picks bf16 where bf16 matmuls are fast.
     """
 
-    def __init__(self, param_groups: list[dict], compile: bool | None = None):
+    def __init__(self, param_groups: list[dict], compile: bool | None = None,
+                 ortho_dtype: torch.dtype | None = None):
         super().__init__(param_groups, defaults={})
         check_param_groups(self.param_groups)
         if compile is None:
             compile = any(p.is_cuda for group in self.param_groups for p in group["params"])
+        if ortho_dtype is None:  # bf16 where bf16 matmuls are fast, as the reference does on GPUs
+            device_type = self.param_groups[0]["params"][0].device.type
+            ortho_dtype = torch.bfloat16 if fast_bf16_matmul(device_type) else torch.float32
+        self.ortho_dtype = ortho_dtype
         self._adamw_update = compiled(adamw_update) if compile else adamw_update
         self._muon_update = compiled(muon_update) if compile else muon_update
 
@@ -186,7 +195,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self._muon_update(grads, params, state["momentum_buffer"][:count], state["second_moment"][:count],
                           as_scalar(group["momentum"]), as_scalar(muon_lr(group, params.shape)),
                           as_scalar(group["weight_decay"]), as_scalar(group["beta2"]),
-                          group["ns_steps"], red_dim)
+                          group["ns_steps"], red_dim, self.ortho_dtype)
 
     @torch.no_grad()
     def step(self) -> None:

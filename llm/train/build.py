@@ -62,4 +62,5 @@ def loader(cfg: DictConfig, tok: Tokenizer, corpus_dir: Path, split: str, runtim
                        device=runtime.device, packing=cfg.dataloader.name,
                        buffer_size=cfg.dataloader.buffer_size,
                        tokenizer_batch_size=cfg.dataloader.tokenizer_batch_size,
-                       tokenizer_threads=cfg.dataloader.tokenizer_threads, text_column=cfg.data.text_column)
+                       tokenizer_threads=cfg.dataloader.tokenizer_threads, text_column=cfg.data.text_column,
+                       shard_by=cfg.dataloader.shard_by)

@@ -46,10 +46,13 @@ class LoopState:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed)
+    stop = StopSignal()
     try:
-        return _train(cfg, RunDir(run_dir), runtime)
+        summary = _train(cfg, RunDir(run_dir), runtime, stop)
     finally:
         runtimes.stop(runtime)
+    stop.hand_over()  # e.g. submitit requeues the job now that the checkpoint is safe
+    return summary
 
 
 def _master_first(runtime: runtimes.Runtime, make: Callable):
@@ -60,7 +63,7 @@ def _master_first(runtime: runtimes.Runtime, make: Callable):
     return result if runtime.is_master else make()
 
 
-def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime) -> dict:
+def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSignal) -> dict:
     say = print if runtime.is_master else (lambda *_: None)
     config = OmegaConf.to_container(cfg, resolve=True)
     run.check_identity(config)
@@ -97,11 +100,12 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime) -> dict:
             run.rewind_metrics(state.step - 1)
         say(f"resuming from {resume_from} (step {state.step})")
     resumed_at = state.step
+    if runtime.is_master:
+        run.record_launch(resumed_at, runtime.world_size)
 
     step_model = torch.compile(model, dynamic=False) if cfg.train.compile else model
     tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, cfg.run_name, run.path, config,
                       enabled=runtime.is_master)
-    stop = StopSignal()
     # MFU against the accelerator's bf16 peak; CPUs have no table entry (the benchmark measures theirs).
     peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device.type == "cuda" else None
     progress = Progress(plan, runtime, peak)

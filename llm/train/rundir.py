@@ -4,6 +4,7 @@
     DIR/identity.json     the part of the config that defines the trajectory, and the git commit
     DIR/metrics.jsonl     one JSON object per logged step
     DIR/summary.json      status and headline numbers, rewritten atomically as the run goes
+    DIR/launches.jsonl    one line per start of the run: host, step it started from, Slurm job ids
     DIR/checkpoints/      see checkpoint.py
 
 Sweeps, notebooks and evaluation read only these files. Every write is atomic (temp file, fsync,
@@ -12,11 +13,17 @@ rename), so a run killed at any instant leaves each file either old or new, neve
 
 import json
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from llm.config.derived import ConfigError
+
+# What a scheduler tells a job about itself, recorded at every (re)start.
+SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                       "SLURM_JOB_PARTITION", "SLURM_NTASKS")
 
 # Config sections that decide which weights a run produces. Changing any of them under an existing
 # run directory would silently splice two different runs together, so it is refused.
@@ -84,6 +91,14 @@ class RunDir:
             write_atomic(identity_path, json.dumps({"trajectory": _trajectory(config), "git_commit": git_commit()},
                                                    indent=2, default=str))
         write_atomic(self.path / "config.yaml", resolved_yaml)
+
+    def record_launch(self, start_step: int, world_size: int) -> None:
+        """Append who started this run and where it started from: one line per (re)start."""
+        scheduler = {key.lower(): os.environ[key] for key in SCHEDULER_VARIABLES if key in os.environ}
+        record = {"time": time.time(), "host": socket.gethostname(), "start_step": start_step,
+                  "world_size": world_size, **scheduler}
+        with open(self.path / "launches.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def read_summary(self) -> dict | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else None

@@ -1,0 +1,120 @@
+"""A Slurm launcher for sweeps that submits and returns.
+
+Hydra's submitit launcher blocks until every job has ended, which holds a login shell hostage for
+as long as the sweep runs. This one submits the sweep as one job array, writes what it submitted
+into the sweep directory, prints it and returns (`hydra.launcher.wait=true` waits, as tests do).
+Runs whose directory already says `done` are not submitted again, so re-running a sweep command
+completes a half-failed sweep. The jobs themselves run through submitit exactly as with Hydra's
+launcher, so preemption (USR2) checkpoints the run and requeues the job, which then resumes.
+
+Hydra only instantiates launchers from the `hydra_plugins` package, hence this module's home.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+GRID_FILE = "grid.json"
+SUBMISSIONS_FILE = "submissions.jsonl"
+
+
+@dataclass
+class SweepSlurmConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.llm_launcher.slurm_launcher.SweepSlurmLauncher"
+    wait: bool = False  # block until every job has ended (and fail if one failed)
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="llm_slurm_schema", node=SweepSlurmConf,
+                             provider="llm")
+
+
+class SweepError(ValueError):
+    pass
+
+
+class SweepSlurmLauncher(SlurmLauncher):
+    def __init__(self, wait: bool = False, **params: Any) -> None:
+        super().__init__(**params)
+        self.wait = wait
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        _claim_grid(sweep_dir, [list(o) for o in job_overrides], initial_job_idx)
+
+        started = time.perf_counter()
+        jobs, skipped = [], []
+        for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+            run_dir = self._run_dir(overrides)
+            summary = run_dir / "summary.json"
+            if summary.exists() and json.loads(summary.read_text()).get("status") == "done":
+                skipped.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                         _return_value=None, working_dir=str(run_dir)))
+                continue
+            jobs.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state(),
+                         run_dir))
+
+        submitted = []
+        if jobs:
+            executor = self._executor()
+            submitted = executor.map_array(self, *zip(*[job[:5] for job in jobs]))
+        elapsed = time.perf_counter() - started
+        _record(sweep_dir, jobs, submitted)
+        print(f"submitted {len(submitted)} jobs to Slurm ({len(skipped)} already done, skipped) in "
+              f"{elapsed:.2f} s ({elapsed / max(len(job_overrides), 1):.3f} s per job); sweep: {sweep_dir}")
+        for job, (overrides, *_, run_dir) in zip(submitted, jobs):
+            print(f"  {job.job_id:>12}  {run_dir.relative_to(sweep_dir)}  {' '.join(filter_overrides(overrides))}")
+        if not self.wait:
+            print(f"watch it with: python -m llm.sweeps status {sweep_dir}")
+            queued = [JobReturn(overrides=job[0], status=JobStatus.COMPLETED, _return_value=handle.job_id,
+                                working_dir=str(job[5])) for job, handle in zip(jobs, submitted)]
+            return skipped + queued
+        return skipped + [handle.results()[0] for handle in submitted]
+
+    def _run_dir(self, overrides: Sequence[str]) -> Path:
+        """Where a job will write, composed here exactly as the job will compose it."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        return Path(str(cfg.hydra.sweep.dir)).resolve() / str(cfg.hydra.sweep.subdir)
+
+    def _executor(self):
+        """A submitit executor with this config's sbatch parameters (as Hydra's launcher builds it)."""
+        import submitit
+
+        params = dict(self.params)
+        init = {"folder": params.pop("submitit_folder"), "slurm_max_num_timeout": params.pop("max_num_timeout")}
+        executor = submitit.AutoExecutor(cluster="slurm", **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
+        return executor
+
+
+def _claim_grid(sweep_dir: Path, grid: list[list[str]], first_job: int) -> None:
+    """A sweep directory belongs to one grid: refuse to mix another grid's runs into it."""
+    path = sweep_dir / GRID_FILE
+    entry = {"first_job": first_job, "jobs": grid}
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != entry:
+            raise SweepError(f"{sweep_dir} holds a different grid ({len(recorded['jobs'])} jobs): "
+                             "use another sweep_label, or delete that directory to start over")
+        return
+    path.write_text(json.dumps(entry, indent=1))
+
+
+def _record(sweep_dir: Path, jobs: list, submitted: list) -> None:
+    with open(sweep_dir / SUBMISSIONS_FILE, "a") as f:
+        for (overrides, _, num, *_rest, run_dir), handle in zip(jobs, submitted):
+            f.write(json.dumps({"time": time.time(), "job_num": num, "slurm_job_id": handle.job_id,
+                                "run_dir": str(run_dir), "overrides": overrides}) + "\n")
