@@ -91,7 +91,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 250  # val bpb every N steps and at the end (-1: never)
+    every: int = 250  # val bpb every N steps (from step 0) and always at the end (-1: only at the end)
     tokens: int = 20 * 524288
     sample_every: int = 2000  # -1: never
     sample_tokens: int = 16

@@ -1,1 +1,2 @@
-"""Measuring models: bits per byte and greedy samples (CORE and the eval CLI build on these)."""
+"""Measuring models: bits per byte (bpb), samples, and the CORE metric (core) on a bundle of tasks
+(bundle: the on-disk format and the real download; offline: one built from held-out corpus text)."""

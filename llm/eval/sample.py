@@ -1,18 +1,28 @@
-"""Greedy continuations of a few prompts: a glance at what the model has learnt so far."""
+"""Continuations of prompts, greedy or sampled: a glance at what the model has learnt so far.
 
-import torch
+Both go through the KV-cached engine, so a sample costs one prefill and one small step per token.
+"""
+
+from llm.inference.engine import Engine
 
 
-@torch.no_grad()
-def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: list[str], max_tokens: int,
-                         device: torch.device) -> list[str]:
-    """Each prompt (after BOS) extended by `max_tokens` argmax tokens, decoded to text."""
+def greedy_continuations(model, tokenizer, prompts: list[str], max_tokens: int) -> list[str]:
+    """Each prompt (after BOS) extended by up to `max_tokens` argmax tokens, decoded to text."""
+    engine = Engine(model, tokenizer)
     texts = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)
-        tokens = torch.tensor([ids], dtype=torch.long, device=device)
-        for _ in range(max_tokens):
-            next_id = model(tokens)[:, -1].argmax(dim=-1, keepdim=True)
-            tokens = torch.cat([tokens, next_id], dim=1)
-        texts.append(tokenizer.decode(tokens[0, 1:].tolist()))
+        rows, _ = engine.generate_batch(tokenizer.encode(prompt, prepend=tokenizer.bos_id), num_samples=1,
+                                        max_tokens=max_tokens, temperature=0.0)
+        texts.append(tokenizer.decode(rows[0][1:]))
     return texts
+
+
+def sampled_continuations(model, tokenizer, prompt: str, num_samples: int, max_tokens: int,
+                          temperature: float, seed: int) -> list[str]:
+    """`num_samples` continuations of one prompt (after BOS), drawn at `temperature` with a seeded generator."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive to sample, got {temperature}; use greedy_continuations")
+    rows, _ = Engine(model, tokenizer).generate_batch(tokenizer.encode(prompt, prepend=tokenizer.bos_id),
+                                                      num_samples=num_samples, max_tokens=max_tokens,
+                                                      temperature=temperature, seed=seed)
+    return [tokenizer.decode(row[1:]) for row in rows]

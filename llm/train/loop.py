@@ -20,6 +20,7 @@ from llm.config import derived
 from llm.data.paths import base_dir
 from llm.data.tokenizer import token_bytes
 from llm.eval.bpb import evaluate_bpb
+from llm.eval.core import core_score
 from llm.eval.sample import greedy_continuations
 from llm.optim.schedules import apply_schedules, lr_multiplier
 from llm.train import build, checkpoint
@@ -39,6 +40,7 @@ class LoopState:
     smooth_loss: float = 0.0  # debiased EMA of the training loss, for display
     train_time_sec: float = 0.0
     val_bpb: float | None = None
+    core_score: float | None = None
     min_val_bpb: float | None = None
     train_loss: float | None = None
     pending: dict = field(default_factory=dict)  # the metrics record of `step`, written once evals are in
@@ -116,6 +118,7 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
         return {
             "status": status, "step": state.step, "num_iterations": plan.num_iterations,
             "train_loss": state.train_loss, "val_bpb": state.val_bpb, "min_val_bpb": state.min_val_bpb,
+            "core_score": state.core_score,
             "params": plan.params, "scaling_params": plan.scaling_params,
             "flops_per_token": plan.flops_per_token, "tokens_trained": tokens,
             "total_flops": float(plan.flops_per_token) * tokens, "train_time_sec": state.train_time_sec,
@@ -132,11 +135,15 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
         while True:
             last = state.step == plan.num_iterations
             fresh = state.step != resumed_at or resume_from is None  # a resumed step was saved already
-            if fresh and _due(cfg.eval.every, state.step, last):
+            if fresh and (last or _due(cfg.eval.every, state.step, last)):
                 state.val_bpb = _evaluate(cfg, step_model, tok, corpus_dir, runtime, bytes_per_token)
                 state.min_val_bpb = min(state.val_bpb, state.min_val_bpb or math.inf)
                 state.pending["val_bpb"] = state.val_bpb
                 say(f"step {state.step:05d} | val bpb {state.val_bpb:.4f}")
+            if fresh and state.step > 0 and _due(cfg.eval.core_every, state.step, last):
+                core = core_score(model, tok, cfg.eval, runtime, base)  # uncompiled: every example has its own shape
+                state.core_score = state.pending["core_score"] = core["score"]
+                say(f"step {state.step:05d} | CORE {core['score']:.4f} ({core['bundle']})")
             if fresh and runtime.is_master and state.step > 0 and _due(cfg.eval.sample_every, state.step, last):
                 _print_samples(cfg, model, tok, runtime)
             preempted = stop.requested(runtime)
@@ -201,8 +208,7 @@ def _evaluate(cfg, step_model, tok, corpus_dir, runtime, bytes_per_token) -> flo
 def _print_samples(cfg, model, tok, runtime) -> None:
     model.eval()
     with runtime.autocast():
-        for text in greedy_continuations(model, tok, list(cfg.eval.sample_prompts), cfg.eval.sample_tokens,
-                                         runtime.device):
+        for text in greedy_continuations(model, tok, list(cfg.eval.sample_prompts), cfg.eval.sample_tokens):
             print(f"  sample: {text!r}")
     model.train()
 
