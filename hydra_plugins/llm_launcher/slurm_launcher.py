@@ -4,8 +4,9 @@ Hydra's submitit launcher blocks until every job has ended, which holds a login 
 as long as the sweep runs. This one submits the sweep as one job array, writes what it submitted
 into the sweep directory, prints it and returns (`hydra.launcher.wait=true` waits, as tests do).
 Runs whose directory already says `done` are not submitted again, so re-running a sweep command
-completes a half-failed sweep. The jobs themselves run through submitit exactly as with Hydra's
-launcher, so preemption (USR2) checkpoints the run and requeues the job, which then resumes.
+completes a half-failed sweep (llm.sweeps.guard has already checked that it is the same grid).
+The jobs themselves run through submitit exactly as with Hydra's launcher, so preemption (USR2)
+checkpoints the run and requeues the job, which then resumes.
 
 Hydra only instantiates launchers from the `hydra_plugins` package, hence this module's home.
 """
@@ -26,7 +27,6 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-GRID_FILE = "grid.json"
 SUBMISSIONS_FILE = "submissions.jsonl"
 
 
@@ -40,10 +40,6 @@ ConfigStore.instance().store(group="hydra/launcher", name="llm_slurm_schema", no
                              provider="llm")
 
 
-class SweepError(ValueError):
-    pass
-
-
 class SweepSlurmLauncher(SlurmLauncher):
     def __init__(self, wait: bool = False, **params: Any) -> None:
         super().__init__(**params)
@@ -52,7 +48,6 @@ class SweepSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        _claim_grid(sweep_dir, [list(o) for o in job_overrides], initial_job_idx)
 
         started = time.perf_counter()
         jobs, skipped = [], []
@@ -98,19 +93,6 @@ class SweepSlurmLauncher(SlurmLauncher):
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
         return executor
-
-
-def _claim_grid(sweep_dir: Path, grid: list[list[str]], first_job: int) -> None:
-    """A sweep directory belongs to one grid: refuse to mix another grid's runs into it."""
-    path = sweep_dir / GRID_FILE
-    entry = {"first_job": first_job, "jobs": grid}
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        if recorded != entry:
-            raise SweepError(f"{sweep_dir} holds a different grid ({len(recorded['jobs'])} jobs): "
-                             "use another sweep_label, or delete that directory to start over")
-        return
-    path.write_text(json.dumps(entry, indent=1))
 
 
 def _record(sweep_dir: Path, jobs: list, submitted: list) -> None:

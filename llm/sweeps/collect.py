@@ -53,7 +53,11 @@ def run_row(run_dir: Path) -> dict:
     if not summary_path.exists():
         row["status"] = "failed" if config_path.exists() else "pending"  # started, never got to training
         return row
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError:  # never written by a run (its writes are atomic), but never fatal here
+        row["status"] = "unreadable"
+        return row
     row.update({column: summary["params"][key] for key, column in PARAM_COLUMNS.items()})
     row.update({key: summary.get(key) for key in ("flops_per_token", "num_iterations", "step", "tokens_trained",
                                                   "val_bpb", "core_score", "train_time_sec", "status")})

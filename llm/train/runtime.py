@@ -72,7 +72,8 @@ def _slurm_master_host() -> str:
     if "[" in first:  # a compressed list such as node[03-05]: the first node is prefix + first index
         prefix, rest = first.split("[", 1)
         first = prefix + rest.split("-")[0].split("]")[0]
-    return first
+    # On the master's own node, loopback always works, even where the node name does not resolve.
+    return "127.0.0.1" if first == socket.gethostname() else first
 
 
 def _pick_device(requested: str, local_rank: int) -> torch.device:
