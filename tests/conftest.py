@@ -61,3 +61,20 @@ def trained_run(tmp_path_factory, llm_home) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     run_train(run, *TINY_RUN, "budget.num_iterations=12", home=llm_home)
     return run
+
+
+def run_sweep(*overrides: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a multirun of train.py as a user would (a real process)."""
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *overrides], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, "LLM_HOME": str(home)}, timeout=1800)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def isoflop_cpu_sweep(tmp_path_factory, llm_home) -> Path:
+    """The example CPU IsoFLOP sweep, run once per session with the local launcher."""
+    root = tmp_path_factory.mktemp("sweeps")
+    run_sweep("sweep=isoflop_cpu", f"sweeps_root={root}", "sweep_label=ci", home=llm_home)
+    return root / "isoflop_cpu" / "ci"

@@ -1,27 +1,16 @@
 """Sweeps with the local launcher: the grid, idempotent re-runs, the results table and status view."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from llm.config import compose_run, derived
-from tests.conftest import REPO
-
-SMALL_GRID = ["sweep=isoflop_cpu", "budget.target_flops=3e10,6e10", "model.depth=1,2", "eval.core_max_per_task=8"]
-
-
-def sweep(*overrides: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "LLM_HOME": str(home)}, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+from llm.sweeps.collect import collect
+from tests.conftest import REPO, run_sweep as sweep
 
 
 def test_isoflop_dry_run_lists_the_real_grid(tmp_path, llm_home):
@@ -42,20 +31,13 @@ def test_a_grid_of_no_jobs_and_an_unknown_sweep_are_refused(tmp_path, llm_home):
     assert unknown.returncode != 0 and "Could not find 'sweep/nosuch'" in unknown.stderr
 
 
-@pytest.fixture(scope="module")
-def small_sweep(tmp_path_factory, llm_home) -> Path:
-    root = tmp_path_factory.mktemp("sweeps")
-    sweep(*SMALL_GRID, f"sweeps_root={root}", "sweep_label=small", home=llm_home)
-    return root / "isoflop_cpu" / "small"
-
-
-def test_sweep_writes_one_complete_row_per_run(small_sweep):
-    result = subprocess.run([sys.executable, "-m", "llm.sweeps", "collect", str(small_sweep)], cwd=REPO,
+def test_sweep_writes_one_complete_row_per_run(isoflop_cpu_sweep):
+    result = subprocess.run([sys.executable, "-m", "llm.sweeps", "collect", str(isoflop_cpu_sweep)], cwd=REPO,
                             capture_output=True, text=True, check=True)
-    assert "4 runs" in result.stdout
-    table = pd.read_csv(small_sweep / "results.csv")
-    assert table.equals(pd.read_parquet(small_sweep / "results.parquet").astype(table.dtypes))
-    assert sorted(zip(table.flops_budget, table.depth)) == [(3e10, 1), (3e10, 2), (6e10, 1), (6e10, 2)]
+    assert "12 runs" in result.stdout
+    table = pd.read_csv(isoflop_cpu_sweep / "results.csv")
+    assert table.equals(pd.read_parquet(isoflop_cpu_sweep / "results.parquet").astype(table.dtypes))
+    assert sorted(zip(table.flops_budget, table.depth)) == [(c, d) for c in (1e11, 2.15e11, 4.64e11) for d in (1, 2, 3, 4)]
     assert (table.status == "done").all() and table.val_bpb.notna().all() and table.core_score.notna().all()
     for row in table.itertuples():
         plan = derived.plan(compose_run(["sweep=isoflop_cpu", f"model.depth={row.depth}",
@@ -65,26 +47,27 @@ def test_sweep_writes_one_complete_row_per_run(small_sweep):
         assert row.tokens_trained == plan.total_tokens and row.model_dim == plan.shape.model_dim
 
 
-def test_rerunning_a_sweep_trains_nothing_again(small_sweep, llm_home):
-    launches = {p: p.read_text() for p in small_sweep.rglob("launches.jsonl")}
-    checkpoints = {p: p.stat().st_mtime_ns for p in small_sweep.rglob("model.pt")}
-    result = sweep(*SMALL_GRID, f"sweeps_root={small_sweep.parents[1]}", "sweep_label=small", home=llm_home)
-    assert result.stdout.count("already finished") == 4
-    assert {p: p.read_text() for p in small_sweep.rglob("launches.jsonl")} == launches
-    assert {p: p.stat().st_mtime_ns for p in small_sweep.rglob("model.pt")} == checkpoints
+def test_rerunning_a_sweep_trains_nothing_again(isoflop_cpu_sweep, llm_home):
+    launches = {p: p.read_text() for p in isoflop_cpu_sweep.rglob("launches.jsonl")}
+    checkpoints = {p: p.stat().st_mtime_ns for p in isoflop_cpu_sweep.rglob("model.pt")}
+    result = sweep("sweep=isoflop_cpu", f"sweeps_root={isoflop_cpu_sweep.parents[1]}", "sweep_label=ci",
+                   home=llm_home)
+    assert result.stdout.count("already finished") == 12
+    assert {p: p.read_text() for p in isoflop_cpu_sweep.rglob("launches.jsonl")} == launches
+    assert {p: p.stat().st_mtime_ns for p in isoflop_cpu_sweep.rglob("model.pt")} == checkpoints
 
 
-def test_a_different_grid_under_the_same_label_is_refused(small_sweep, llm_home):
-    before = {p: p.stat().st_mtime_ns for p in small_sweep.rglob("*") if p.is_file()}
+def test_a_different_grid_under_the_same_label_is_refused(isoflop_cpu_sweep, llm_home):
+    before = {p: p.stat().st_mtime_ns for p in isoflop_cpu_sweep.rglob("*") if p.is_file()}
     result = sweep("sweep=isoflop_cpu", "budget.target_flops=3e10", "model.depth=1,2,3",
-                   f"sweeps_root={small_sweep.parents[1]}", "sweep_label=small", home=llm_home, check=False)
+                   f"sweeps_root={isoflop_cpu_sweep.parents[1]}", "sweep_label=ci", home=llm_home, check=False)
     assert result.returncode == 2 and "holds a different grid" in result.stderr
-    assert {p: p.stat().st_mtime_ns for p in small_sweep.rglob("*") if p.is_file()} == before
+    assert {p: p.stat().st_mtime_ns for p in isoflop_cpu_sweep.rglob("*") if p.is_file()} == before
 
 
-def test_collect_reports_failed_running_and_pending_runs(small_sweep, tmp_path):
+def test_collect_reports_failed_running_and_pending_runs(isoflop_cpu_sweep, tmp_path):
     copy = tmp_path / "sweep"
-    shutil.copytree(small_sweep, copy)
+    shutil.copytree(isoflop_cpu_sweep, copy)
     runs = sorted(p.parent for p in copy.rglob("summary.json"))
     failed = json.loads((runs[0] / "summary.json").read_text()) | {"status": "failed"}
     (runs[0] / "summary.json").write_text(json.dumps(failed))
@@ -92,19 +75,17 @@ def test_collect_reports_failed_running_and_pending_runs(small_sweep, tmp_path):
     (runs[2] / "summary.json").write_text("{\"status\": \"running\", ")  # torn by hand: still a row
     with open(copy / "submissions.jsonl", "a") as f:
         f.write(json.dumps({"run_dir": str(copy / "C1e+10_d9"), "slurm_job_id": "77"}) + "\n")
-    from llm.sweeps.collect import collect
-
     statuses = dict(zip(collect(copy).run_dir.map(lambda d: Path(d).name), collect(copy).status))
     assert statuses[runs[0].name] == "failed" and statuses[runs[1].name] == "failed"
     assert statuses[runs[2].name] == "unreadable" and statuses[runs[3].name] == "done"
     assert statuses["C1e+10_d9"] == "pending"
 
 
-def test_status_prints_progress_and_plots_loss_curves(small_sweep, tmp_path):
+def test_status_prints_progress_and_plots_loss_curves(isoflop_cpu_sweep, tmp_path):
     image = tmp_path / "losses.png"
-    result = subprocess.run([sys.executable, "-m", "llm.sweeps", "status", str(small_sweep), "--plot", str(image)],
+    result = subprocess.run([sys.executable, "-m", "llm.sweeps", "status", str(isoflop_cpu_sweep), "--plot", str(image)],
                             cwd=REPO, capture_output=True, text=True, check=True)
-    assert "4 done" in result.stdout and "100%" in result.stdout
+    assert "12 done" in result.stdout and "100%" in result.stdout
     assert image.stat().st_size > 10_000 and image.read_bytes()[:4] == b"\x89PNG"
     missing = subprocess.run([sys.executable, "-m", "llm.sweeps", "status", str(tmp_path / "nope")], cwd=REPO,
                              capture_output=True, text=True)

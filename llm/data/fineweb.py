@@ -5,19 +5,16 @@ shard_01822, is the validation split. Downloading the first N shards plus that l
 directory in the standard layout (training shards sort first, validation last).
 """
 
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from llm.data.download import download
 from llm.data.paths import exclusive_lock
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 LAST_SHARD = 1822  # the validation shard
-MAX_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20
 
 
 def shard_name(index: int) -> str:
@@ -38,29 +35,9 @@ def _is_valid_shard(path: Path) -> bool:
 
 def _download_shard(index: int, directory: Path, base_url: str, backoff_s: float) -> None:
     target = directory / shard_name(index)
-    if target.exists():
-        return
-    url = f"{base_url}/{shard_name(index)}"
-    partial = target.with_name(target.name + ".partial")
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-                while chunk := response.read(CHUNK_BYTES):
-                    out.write(chunk)
-            if not _is_valid_shard(partial):
-                raise OSError("the downloaded file is not a parquet file with a text column")
-            partial.replace(target)  # atomic: a shard is either complete or absent
-            print(f"fineweb: downloaded {target.name}")
-            return
-        except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
-            partial.unlink(missing_ok=True)
-            if attempt == MAX_ATTEMPTS:
-                raise OSError(f"could not download {url} after {MAX_ATTEMPTS} attempts ({error}); "
-                              "check the network and run again (finished shards are kept)") from error
-            wait = backoff_s * 2 ** (attempt - 1)
-            print(f"fineweb: attempt {attempt}/{MAX_ATTEMPTS} for {target.name} failed ({error}); "
-                  f"retrying in {wait:g}s")
-            time.sleep(wait)
+    if not target.exists():
+        download(f"{base_url}/{shard_name(index)}", target, backoff_s, "fineweb",
+                 "check the network and run again (finished shards are kept)", is_valid=_is_valid_shard, timeout_s=30)
 
 
 def download_fineweb_edu(base: Path, num_train_shards: int, base_url: str = BASE_URL, workers: int = 4,

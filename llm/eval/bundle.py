@@ -19,10 +19,7 @@ same layout can stand in for it.
 import csv
 import json
 import os
-import shutil
 import tempfile
-import time
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from llm.config.derived import ConfigError
+from llm.data.download import download
 from llm.data.paths import exclusive_lock
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
@@ -38,8 +36,6 @@ TASK_LIST = "core.yaml"
 DATA_DIR = "eval_data"
 META_DATA = "eval_meta_data.csv"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
-MAX_ATTEMPTS = 5
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,9 @@ def ensure_core_bundle(base: Path, url: str = EVAL_BUNDLE_URL, backoff_s: float 
         if target.exists():
             return target
         archive = base / f"{CORE_BUNDLE_DIR}.zip"
-        _download(url, archive, backoff_s)
+        print(f"core: downloading {url}")
+        download(url, archive, backoff_s, "core",
+                 "check the network, or pass eval.bundle=DIR (a local bundle) or eval=offline")
         try:  # the archive goes either way: a bad one must be fetched again, a good one is unpacked
             with tempfile.TemporaryDirectory(dir=base, prefix=f".{CORE_BUNDLE_DIR}.") as unpack:
                 with zipfile.ZipFile(archive) as zipped:
@@ -134,20 +132,3 @@ def ensure_core_bundle(base: Path, url: str = EVAL_BUNDLE_URL, backoff_s: float 
     return target
 
 
-def _download(url: str, target: Path, backoff_s: float) -> None:
-    partial = target.with_name(target.name + ".partial")
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            print(f"core: downloading {url}")
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out, CHUNK_BYTES)
-            partial.replace(target)
-            return
-        except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
-            partial.unlink(missing_ok=True)
-            if attempt == MAX_ATTEMPTS:
-                raise OSError(f"could not download {url} after {MAX_ATTEMPTS} attempts ({error}); check the "
-                              "network, or pass eval.bundle=DIR (a local bundle) or eval=offline") from error
-            wait = backoff_s * 2 ** (attempt - 1)
-            print(f"core: attempt {attempt}/{MAX_ATTEMPTS} failed ({error}); retrying in {wait:g}s")
-            time.sleep(wait)

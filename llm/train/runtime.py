@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from llm.config.derived import ConfigError
+from llm.data.paths import base_dir
+from llm.device import fast_bf16_matmul
 
 
 @dataclass
@@ -91,17 +93,35 @@ def _pick_device(requested: str, local_rank: int) -> torch.device:
 
 
 def _pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """bf16 autocast on CUDA by default; fp32 elsewhere. float32/bfloat16 force one or the other."""
+    """auto: bf16 autocast where bf16 matmuls are fast (CUDA; CPUs with bf16 matrix units), else fp32.
+
+    float32/bfloat16 force one or the other. Autocast only changes the dtype ops compute in: weights
+    and optimizer state stay fp32 either way.
+    """
     if requested == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if fast_bf16_matmul(device.type) else torch.float32
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     if requested not in choices:
         raise ConfigError(f"dtype={requested!r} is not one of auto, float32, bfloat16")
     return choices[requested]
 
 
-def start(device: str, dtype: str, seed: int) -> Runtime:
-    """Join the process group (if there is one), pick the device and precision, seed the RNGs."""
+def _persist_compile_cache(data_home: str | None) -> None:
+    """Keep torch.compile's artefacts under the data home unless the user chose a place.
+
+    Inductor's default is under /tmp, which clusters wipe or keep per node; in the data home the
+    runs of a sweep (same shapes, same code) reuse each other's compiled kernels.
+    """
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base_dir(data_home) / "torchinductor")
+
+
+def start(device: str, dtype: str, seed: int, data_home: str | None = None) -> Runtime:
+    """Join the process group (if there is one), pick the device and precision, seed the RNGs.
+
+    data_home is the configured base_dir (None: $LLM_HOME, then the user cache dir).
+    """
+    _persist_compile_cache(data_home)
     rank, local_rank, world_size = _rank_environment()
     target = _pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
