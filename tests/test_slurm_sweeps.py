@@ -66,7 +66,9 @@ def isoflop_cpu_on_slurm(tmp_path_factory, llm_home) -> Path:
 def test_isoflop_cpu_sweep_runs_every_job_under_slurm(isoflop_cpu_on_slurm):
     sweep_dir = isoflop_cpu_on_slurm
     ids = job_ids(sweep_dir)
-    assert len(ids) == 12 and all(sacct_state(i) == "COMPLETED" for i in ids)
+    assert len(ids) == 12
+    # Accounting records a job's end a moment after submitit has seen its result.
+    wait_for(lambda: all(sacct_state(i) == "COMPLETED" for i in ids), 60, "sacct to report every job COMPLETED")
     runs = sorted(p.parent for p in sweep_dir.rglob("identity.json"))
     assert len(runs) == 12
     for run in runs:

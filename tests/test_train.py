@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,15 @@ def test_wandb_offline_run_lands_in_the_run_directory(tmp_path, llm_home):
     run = tmp_path / "run"
     run_train(run, *TINY_RUN, "budget.num_iterations=2", "wandb.mode=offline", home=llm_home)
     assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_a_corrupt_checkpoint_is_reported_not_loaded(straight_run, tmp_path, llm_home):
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    summary = json.loads((run / "summary.json").read_text()) | {"status": "preempted"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    newest = sorted((run / "checkpoints").glob("step_*"))[-1]
+    (newest / "model.pt").write_bytes(b"not a checkpoint")
+    result = run_train(run, *LONG_RUN, home=llm_home, check=False)
+    assert result.returncode == 2 and "is unreadable" in result.stderr and "delete it" in result.stderr
+    assert (newest / "model.pt").read_bytes() == b"not a checkpoint"

@@ -41,8 +41,8 @@ def weight_decay_at(step: int, num_iterations: int, initial: float) -> float:
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, step: int, num_iterations: int,
-                    cfg: OptimConfig) -> None:
-    """Set every param group's lr and weight decay, and Muon's momentum, for `step`."""
+                    cfg: OptimConfig) -> float:
+    """Set every param group's lr and weight decay, and Muon's momentum, for `step`; returns the lr multiplier."""
     multiplier = lr_multiplier(step, num_iterations, cfg.warmup_ratio, cfg.warmdown_ratio, cfg.final_lr_frac)
     momentum = muon_momentum(step, cfg.muon_momentum_start, cfg.muon_momentum_end,
                              cfg.muon_momentum_warmup_steps)
@@ -51,3 +51,4 @@ def apply_schedules(optimizer: torch.optim.Optimizer, step: int, num_iterations:
         group["weight_decay"] = weight_decay_at(step, num_iterations, group["initial_weight_decay"])
         if group["kind"] == "muon":
             group["momentum"] = momentum
+    return multiplier

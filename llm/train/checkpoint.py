@@ -10,6 +10,7 @@ directory without the suffix is therefore complete, and resuming picks the newes
 """
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,13 @@ def load(path: Path, runtime: Runtime) -> tuple[dict, dict, dict, dict]:
     if meta["world_size"] != runtime.world_size:
         raise ConfigError(f"{path} was written by {meta['world_size']} ranks but this run has "
                           f"{runtime.world_size}: resume with the same number of processes")
-    model_state = torch.load(path / "model.pt", map_location=runtime.device)
-    optimizer_state = torch.load(path / f"optim_rank{runtime.rank}.pt", map_location=runtime.device)
-    loader_state = json.loads((path / f"loader_rank{runtime.rank}.json").read_text())
+    try:
+        model_state = torch.load(path / "model.pt", map_location=runtime.device)
+        optimizer_state = torch.load(path / f"optim_rank{runtime.rank}.pt", map_location=runtime.device)
+        loader_state = json.loads((path / f"loader_rank{runtime.rank}.json").read_text())
+    except (OSError, RuntimeError, pickle.UnpicklingError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is unreadable ({error.__class__.__name__}): delete it to resume from the "
+                          "checkpoint before it") from error
     return model_state, optimizer_state, loader_state, meta
 
 

@@ -22,7 +22,7 @@ from llm.data.tokenizer import token_bytes
 from llm.eval.bpb import evaluate_bpb
 from llm.eval.core import core_score
 from llm.eval.sample import greedy_continuations
-from llm.optim.schedules import apply_schedules, lr_multiplier
+from llm.optim.schedules import apply_schedules
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
 from llm.train.preemption import StopSignal
@@ -47,7 +47,7 @@ class LoopState:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed)
+    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
     stop = StopSignal()
     try:
         summary = _train(cfg, RunDir(run_dir), runtime, stop)
@@ -159,13 +159,11 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
                 break
 
             step_start = time.perf_counter()
-            apply_schedules(optimizer, state.step, plan.num_iterations, cfg.optim)
+            lrm = apply_schedules(optimizer, state.step, plan.num_iterations, cfg.optim)
             state.train_loss = train_step(step_model, optimizer, train_batches, plan.grad_accum_steps, runtime)
             runtime.synchronize()
             dt = time.perf_counter() - step_start
 
-            lrm = lr_multiplier(state.step, plan.num_iterations, cfg.optim.warmup_ratio,
-                                cfg.optim.warmdown_ratio, cfg.optim.final_lr_frac)
             state.step += 1
             state.train_time_sec += dt
             ema = 0.9
