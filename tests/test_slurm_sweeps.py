@@ -73,7 +73,7 @@ def test_isoflop_cpu_sweep_runs_every_job_under_slurm(isoflop_cpu_on_slurm):
     assert len(runs) == 12
     for run in runs:
         (launch,) = launches(run)
-        assert launch["slurm_job_id"] in ids and launch["start_step"] == 0
+        assert launch["slurm_job"] in ids and launch["start_step"] == 0
     subprocess.run([sys.executable, "-m", "llm.sweeps", "collect", str(sweep_dir)], cwd=REPO, check=True,
                    capture_output=True)
     table = pd.read_csv(sweep_dir / "results.csv")

@@ -48,7 +48,7 @@ def run_row(run_dir: Path) -> dict:
         budget = config.budget.target_flops
         row["flops_budget"] = budget if budget > 0 else math.nan
         row["depth"] = config.model.depth
-    row["slurm_job_id"] = _last_line(run_dir / "launches.jsonl").get("slurm_job_id")
+    row["slurm_job_id"] = _last_line(run_dir / "launches.jsonl").get("slurm_job")
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         row["status"] = "failed" if config_path.exists() else "pending"  # started, never got to training

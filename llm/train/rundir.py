@@ -95,6 +95,9 @@ class RunDir:
     def record_launch(self, start_step: int, world_size: int) -> None:
         """Append who started this run and where it started from: one line per (re)start."""
         scheduler = {key.lower(): os.environ[key] for key in SCHEDULER_VARIABLES if key in os.environ}
+        if "slurm_job_id" in scheduler:  # the id squeue and sacct show: ARRAY_TASK for array jobs
+            array = (scheduler.get("slurm_array_job_id"), scheduler.get("slurm_array_task_id"))
+            scheduler["slurm_job"] = "_".join(array) if all(array) else scheduler["slurm_job_id"]
         record = {"time": time.time(), "host": socket.gethostname(), "start_step": start_step,
                   "world_size": world_size, **scheduler}
         with open(self.path / "launches.jsonl", "a") as f:
