@@ -121,7 +121,10 @@ class CausalSelfAttention(nn.Module):
         if value_embedding is not None:
             # Gate in (0, 2), one per kv head; zero-initialised weights start it at exactly 1.
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))
-            v = v + gate.unsqueeze(-1) * value_embedding.view(batch, seq, self.n_kv_head, self.head_dim)
+            # The lookup keeps its table's dtype (fp32 on CPU) while v comes out of autocast's matmul;
+            # the sum must stay in v's dtype, which is also the dtype a KV cache stores.
+            value_embedding = value_embedding.to(v.dtype).view(batch, seq, self.n_kv_head, self.head_dim)
+            v = v + gate.unsqueeze(-1) * value_embedding
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = rms_norm(q), rms_norm(k)
         if kv_cache is None:
