@@ -4,13 +4,14 @@ import itertools
 import json
 import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from llm.data.corpus import read_source, stdlib_sources
-from llm.data.loader import TokenLoader, make_loader
+from llm.data.loader import BestFitPacker, TokenLoader, make_loader
 from llm.data.shards import list_shards, split_shards
 from llm.data.tokenizer import Tokenizer
 
@@ -72,25 +73,31 @@ def stream_oracle(tokenizer, shards, rank, world_size, num_batches):
             for k in range(num_batches)]
 
 
+def bestfit_reference(token_batches, buffer_size, num_rows, capacity):
+    """The reference algorithm, scanning a plain list: rows of `capacity` tokens and the tokens dropped."""
+    buffer, rows, dropped = [], [], 0
+    for _ in range(num_rows):
+        row = []
+        while len(row) < capacity:
+            while len(buffer) < buffer_size:
+                buffer += next(token_batches)
+            room = capacity - len(row)
+            fitting = [i for i, doc in enumerate(buffer) if len(doc) <= room]
+            if fitting:  # max() and min() return the first of equals, as the reference does
+                row += buffer.pop(max(fitting, key=lambda i: len(buffer[i])))
+            else:
+                doc = buffer.pop(min(range(len(buffer)), key=lambda i: len(buffer[i])))
+                row += doc[:room]
+                dropped += len(doc) - room
+        rows.append(row)
+    return rows, dropped
+
+
 def bestfit_oracle(tokenizer, shards, rank, world_size, num_batches, buffer_size=OPTIONS["buffer_size"]):
-    batches = doc_batches(shards, rank, world_size, OPTIONS["tokenizer_batch_size"])
-    buffer, out = [], []
-    for _ in range(num_batches):
-        rows = []
-        for _ in range(B):
-            row = []
-            while len(row) < T + 1:
-                while len(buffer) < buffer_size:
-                    buffer += tokenizer.encode(next(batches), prepend=tokenizer.bos_id)
-                room = T + 1 - len(row)
-                fitting = [i for i, doc in enumerate(buffer) if len(doc) <= room]
-                if fitting:  # max() and min() return the first of equals, as the reference does
-                    row += buffer.pop(max(fitting, key=lambda i: len(buffer[i])))
-                else:
-                    row += buffer.pop(min(range(len(buffer)), key=lambda i: len(buffer[i])))[:room]
-            rows.append(row)
-        out.append(torch.tensor(rows))
-    return out
+    texts = doc_batches(shards, rank, world_size, OPTIONS["tokenizer_batch_size"])
+    token_batches = (tokenizer.encode(batch, prepend=tokenizer.bos_id) for batch in texts)
+    rows, _ = bestfit_reference(token_batches, buffer_size, num_batches * B, T + 1)
+    return [torch.tensor(rows[k * B:(k + 1) * B]) for k in range(num_batches)]
 
 
 def take(loader, count):
@@ -113,6 +120,53 @@ def test_bestfit_matches_the_reference_algorithm(tokenizer, dataset):
         loader = TokenLoader(tokenizer, shards, rank=rank, world_size=world_size, **OPTIONS)
         assert all(torch.equal(got, want) for got, want in
                    zip(take(loader, 12), bestfit_oracle(tokenizer, shards, rank, world_size, 12), strict=True))
+
+
+class SyntheticFeed:
+    """Documents of given lengths, in batches of varying size; each document's tokens are distinct."""
+
+    def __init__(self, lengths, batch_sizes):
+        self.lengths, self.batch_sizes = lengths, itertools.cycle(batch_sizes)
+        self.next_doc = 0
+
+    def token_batches(self):
+        while True:
+            yield [[index] * length for index, length in self._batch()]
+
+    def next_batch(self):
+        return [((0, 0, index), np.full(length, index, dtype=np.int32)) for index, length in self._batch()]
+
+    def _batch(self):
+        count = next(self.batch_sizes)
+        batch = [(i, self.lengths[i % len(self.lengths)]) for i in range(self.next_doc, self.next_doc + count)]
+        self.next_doc += count
+        return batch
+
+
+# Length mixes: many ties, documents longer than a row, one-token documents, heavy tails.
+LENGTH_MIXES = {
+    "few_distinct": lambda rng: rng.choice([1, 5, 17, 40, 64]),
+    "uniform": lambda rng: rng.randint(1, 300),
+    "mostly_too_long": lambda rng: rng.randint(60, 2000),
+    "heavy_tail": lambda rng: max(1, int(rng.lognormvariate(3.5, 1.2))),
+    "tiny": lambda rng: rng.randint(1, 3),
+}
+
+
+@pytest.mark.parametrize("mix", LENGTH_MIXES)
+def test_bestfit_packer_equals_the_reference_on_random_length_mixes(mix):
+    for seed in range(12):
+        rng = random.Random(seed)
+        lengths = [LENGTH_MIXES[mix](rng) for _ in range(rng.randint(1, 400))]
+        batch_sizes = [rng.randint(1, 40) for _ in range(5)]
+        buffer_size, sequence_len = rng.choice([1, 2, 7, 50, 200]), rng.choice([1, 8, 63, 256])
+        batch_size, num_batches = rng.randint(1, 4), rng.randint(1, 15)
+        packer = BestFitPacker(SyntheticFeed(lengths, batch_sizes), buffer_size)
+        got = [packer.next_rows(batch_size, sequence_len) for _ in range(num_batches)]
+        want_rows, want_dropped = bestfit_reference(SyntheticFeed(lengths, batch_sizes).token_batches(),
+                                                    buffer_size, batch_size * num_batches, sequence_len + 1)
+        assert np.array_equal(np.concatenate([rows for rows, _ in got]), np.array(want_rows)), (mix, seed)
+        assert sum(dropped for _, dropped in got) == want_dropped
 
 
 def test_bestfit_rows_are_whole_documents_then_one_crop(tokenizer, dataset):

@@ -6,9 +6,10 @@ data. Documents are tokenized in batches, each with BOS in front. Two packings t
 rows of sequence_len + 1 tokens (inputs are a row minus its last token, targets minus its first):
 
 - bos_bestfit: every row starts at a document's BOS. A buffer of `buffer_size` documents is kept
-  full; a row is filled by repeatedly taking the largest buffered document that still fits whole,
-  and when none fits, the shortest one is cropped to fill the row exactly (its rest is dropped).
-  No padding; about a third of the tokens are dropped at sequence length 2048.
+  full; a row is filled by repeatedly taking the largest buffered document that still fits whole
+  (the earliest read of equals), and when none fits, the shortest one is cropped to fill the row
+  exactly (its rest is dropped). No padding; about a third of the tokens are dropped at sequence
+  length 2048. The buffer is kept sorted by length, so each choice is a binary search.
 - stream: documents are concatenated into one token stream, cut into consecutive rows that share
   their boundary token (B*T+1 tokens make a batch, the next batch starts T*B tokens later).
   Nothing is dropped, but rows start mid-document.
@@ -18,9 +19,11 @@ read cursor and the addresses of the documents read but not yet fully used (re-t
 load), so a restored loader yields the very batches the original would have.
 """
 
+from bisect import bisect_left, insort
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from llm.data.shards import ShardReader, list_shards, split_shards
@@ -41,7 +44,18 @@ class DocPosition(NamedTuple):
 
 
 Address = tuple[int, int, int]  # (shard, row group, row): one document
-TokenizedDoc = tuple[Address, list[int]]
+TokenizedDoc = tuple[Address, np.ndarray]  # its tokens, BOS first, as int32
+ROW_DTYPE = np.int64  # what embedding lookups index with, so rows become tensors without a copy
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str], threads: int) -> list[np.ndarray]:
+    """Each text's tokens with BOS in front, as an int32 array.
+
+    Turning Python ints into machine ints happens once here, per document, rather than per row:
+    rows are then built by array copies, and become tensors without a per-token conversion.
+    """
+    return [np.fromiter(tokens, dtype=np.int32, count=len(tokens))
+            for tokens in tokenizer.encode(texts, prepend=tokenizer.bos_id, num_threads=threads)]
 
 
 class _DocumentFeed:
@@ -78,11 +92,10 @@ class _DocumentFeed:
         position = self._next_existing(self.cursor)
         texts = self.reader.read_row_group(position.shard, position.row_group)
         end = min(position.row + self.batch_docs, len(texts))
-        token_lists = self.tokenizer.encode(texts[position.row:end], prepend=self.tokenizer.bos_id,
-                                            num_threads=self.threads)
+        token_arrays = tokenize(self.tokenizer, texts[position.row:end], self.threads)
         self.cursor = position._replace(row=end)
         return [((position.shard, position.row_group, row), tokens)
-                for row, tokens in zip(range(position.row, end), token_lists)]
+                for row, tokens in zip(range(position.row, end), token_arrays)]
 
     def tokenize_at(self, addresses: list[Address]) -> list[TokenizedDoc]:
         """Re-read and tokenize documents by address, reading each row group once."""
@@ -92,74 +105,112 @@ class _DocumentFeed:
             if (shard, row_group) not in row_groups:
                 row_groups[shard, row_group] = self.reader.read_row_group(shard, row_group)
             texts.append(row_groups[shard, row_group][row])
-        token_lists = self.tokenizer.encode(texts, prepend=self.tokenizer.bos_id, num_threads=self.threads)
-        return list(zip(addresses, token_lists))
+        return list(zip(addresses, tokenize(self.tokenizer, texts, self.threads)))
 
 
-class _Packer:
-    """Turns the feed's documents into rows; holds the documents read but not yet fully used."""
+class Packer:
+    """Turns the feed's documents into rows; holds the documents read but not yet fully used.
+
+    The feed is anything whose `next_batch()` returns the next TokenizedDocs: the loader's own
+    feed, or pre-tokenized documents when packing alone is measured (llm.bench.packer).
+    """
 
     def __init__(self, feed: _DocumentFeed):
         self.feed = feed
-        self.docs: list[TokenizedDoc] = []  # in reading order, which decides ties
-        self.offset = 0  # tokens of docs[0] already used (only the stream uses documents in parts)
+        self.offset = 0  # tokens of the first held document already used (only the stream splits documents)
 
-    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[list[list[int]], int]:
-        """`batch_size` rows of sequence_len + 1 tokens, and how many document tokens were dropped."""
+    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[np.ndarray, int]:
+        """(batch_size, sequence_len + 1) tokens, and how many document tokens were dropped."""
+        raise NotImplementedError
+
+    def held(self) -> list[Address]:
+        """The documents read but not fully used, in reading order: what a resumed loader re-reads."""
+        raise NotImplementedError
+
+    def restore(self, docs: list[TokenizedDoc], offset: int) -> None:
+        """Hold exactly these documents (in reading order), as `held` and `offset` described them."""
         raise NotImplementedError
 
 
-class _BestFitPacker(_Packer):
-    """BOS-aligned best-fit packing over a buffer of whole documents."""
+class BestFitPacker(Packer):
+    """BOS-aligned best-fit packing over a buffer of whole documents.
+
+    The buffer is a list of (length, arrival) keys kept sorted, plus the documents by arrival
+    number. Sorting by arrival within a length makes "largest that fits" the first key of the
+    longest length at most the room left, and "shortest" the first key overall: both the earliest
+    read of equals, as a scan in reading order would choose.
+    """
 
     def __init__(self, feed: _DocumentFeed, buffer_size: int):
         super().__init__(feed)
         self.buffer_size = buffer_size
+        self._keys: list[tuple[int, int]] = []
+        self._docs: dict[int, TokenizedDoc] = {}  # by arrival number; insertion order is reading order
+        self._arrivals = 0
 
-    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[list[list[int]], int]:
+    def _add(self, docs: list[TokenizedDoc]) -> None:
+        for doc in docs:
+            insort(self._keys, (len(doc[1]), self._arrivals))
+            self._docs[self._arrivals] = doc
+            self._arrivals += 1
+
+    def _take(self, room: int) -> np.ndarray:
+        """Remove and return the longest document of at most `room` tokens, else the shortest one."""
+        fitting = bisect_left(self._keys, (room + 1,))  # keys before this have length <= room
+        index = 0 if fitting == 0 else bisect_left(self._keys, (self._keys[fitting - 1][0],), 0, fitting)
+        _, arrival = self._keys.pop(index)
+        return self._docs.pop(arrival)[1]
+
+    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[np.ndarray, int]:
         capacity = sequence_len + 1
-        rows, dropped = [], 0
-        for _ in range(batch_size):
-            row: list[int] = []
-            while len(row) < capacity:
-                while len(self.docs) < self.buffer_size:
-                    self.docs.extend(self.feed.next_batch())
-                room = capacity - len(row)
-                best_index, best_len = -1, 0
-                for index, (_, tokens) in enumerate(self.docs):
-                    if best_len < len(tokens) <= room:
-                        best_index, best_len = index, len(tokens)
-                if best_index >= 0:
-                    row.extend(self.docs.pop(best_index)[1])
-                else:
-                    shortest = min(range(len(self.docs)), key=lambda index: len(self.docs[index][1]))
-                    tokens = self.docs.pop(shortest)[1]
-                    row.extend(tokens[:room])
-                    dropped += len(tokens) - room
-            rows.append(row)
+        rows = np.empty((batch_size, capacity), dtype=ROW_DTYPE)
+        dropped = 0
+        for row in rows:
+            filled = 0
+            while filled < capacity:
+                while len(self._keys) < self.buffer_size:
+                    self._add(self.feed.next_batch())
+                tokens = self._take(capacity - filled)
+                used = min(len(tokens), capacity - filled)
+                row[filled:filled + used] = tokens[:used]
+                dropped += len(tokens) - used
+                filled += used
         return rows, dropped
 
+    def held(self) -> list[Address]:
+        return [address for address, _ in self._docs.values()]
 
-class _StreamPacker(_Packer):
+    def restore(self, docs: list[TokenizedDoc], offset: int) -> None:
+        self._keys, self._docs, self._arrivals = [], {}, 0
+        self._add(docs)
+
+
+class StreamPacker(Packer):
     """The flat token stream: consecutive windows over concatenated documents."""
 
-    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[list[list[int]], int]:
+    def __init__(self, feed: _DocumentFeed):
+        super().__init__(feed)
+        self.docs: list[TokenizedDoc] = []  # in reading order; the first is used from `offset` on
+
+    def next_rows(self, batch_size: int, sequence_len: int) -> tuple[np.ndarray, int]:
         needed = batch_size * sequence_len + 1  # +1: the last input's target
         available = sum(len(tokens) for _, tokens in self.docs) - self.offset
         while available < needed:
             batch = self.feed.next_batch()
             self.docs.extend(batch)
             available += sum(len(tokens) for _, tokens in batch)
-        window: list[int] = []
-        start = self.offset
+        pieces, taken, start = [], 0, self.offset
         for _, tokens in self.docs:
-            window.extend(tokens[start:start + needed - len(window)])
+            pieces.append(tokens[start:start + needed - taken])
+            taken += len(pieces[-1])
             start = 0
-            if len(window) == needed:
+            if taken == needed:
                 break
+        window = np.concatenate(pieces, dtype=ROW_DTYPE)
         self._advance(batch_size * sequence_len)
-        rows = [window[b * sequence_len:(b + 1) * sequence_len + 1] for b in range(batch_size)]
-        return rows, 0
+        # Consecutive rows share their boundary token: row b is window[b*T : (b+1)*T + 1].
+        rows = np.lib.stride_tricks.sliding_window_view(window, sequence_len + 1)[::sequence_len]
+        return rows.copy(), 0
 
     def _advance(self, count: int) -> None:
         while count > 0:
@@ -170,6 +221,12 @@ class _StreamPacker(_Packer):
             self.docs.pop(0)
             self.offset = 0
             count -= left_in_first
+
+    def held(self) -> list[Address]:
+        return [address for address, _ in self.docs]
+
+    def restore(self, docs: list[TokenizedDoc], offset: int) -> None:
+        self.docs, self.offset = docs, offset
 
 
 class TokenLoader:
@@ -202,8 +259,8 @@ class TokenLoader:
         feed_rank, feed_world = (0, 1) if shard_by == "rows" else (rank, world_size)
         self._feed = _DocumentFeed(ShardReader(shard_paths, text_column), tokenizer, feed_rank, feed_world,
                                    tokenizer_batch_size, tokenizer_threads)
-        self._packer = (_BestFitPacker(self._feed, buffer_size) if packing == "bos_bestfit"
-                        else _StreamPacker(self._feed))
+        self._packer = (BestFitPacker(self._feed, buffer_size) if packing == "bos_bestfit"
+                        else StreamPacker(self._feed))
         # What a saved state must agree on for its batches to continue this loader's sequence.
         self._settings = {"packing": packing, "batch_size": batch_size, "sequence_len": sequence_len,
                           "rank": rank, "world_size": world_size, "buffer_size": buffer_size,
@@ -219,10 +276,10 @@ class TokenLoader:
         rows, dropped = self._packer.next_rows(self._rows_packed, self.sequence_len)
         self._tokens_dropped += dropped
         self._tokens_taken += len(rows) * (self.sequence_len + 1) + dropped
-        rows = rows[self._first_row:self._first_row + self.batch_size]
+        batch = torch.from_numpy(rows[self._first_row:self._first_row + self.batch_size])
         on_cuda = self.device.type == "cuda"
-        # Pinned host memory lets the copy to the GPU overlap with compute.
-        batch = torch.tensor(rows, dtype=torch.long, pin_memory=on_cuda)
+        if on_cuda:  # pinned host memory lets the copy to the GPU overlap with compute
+            batch = batch.pin_memory()
         inputs = batch[:, :-1].to(self.device, non_blocking=on_cuda)
         targets = batch[:, 1:].to(self.device, non_blocking=on_cuda)
         return inputs, targets
@@ -243,7 +300,7 @@ class TokenLoader:
             "version": STATE_VERSION,
             **self._settings,
             "cursor": list(self._feed.cursor),
-            "docs": [list(address) for address, _ in self._packer.docs],
+            "docs": [list(address) for address in self._packer.held()],
             "offset": self._packer.offset,
             "tokens_taken": self._tokens_taken,
             "tokens_dropped": self._tokens_dropped,
@@ -258,8 +315,7 @@ class TokenLoader:
                 raise ValueError(f"loader state was saved with {key}={state.get(key)!r} but this loader has "
                                  f"{key}={value!r}; resume with the same data and loader settings")
         self._feed.cursor = DocPosition(*state["cursor"])
-        self._packer.docs = self._feed.tokenize_at([tuple(address) for address in state["docs"]])
-        self._packer.offset = state["offset"]
+        self._packer.restore(self._feed.tokenize_at([tuple(address) for address in state["docs"]]), state["offset"])
         self._tokens_taken, self._tokens_dropped = state["tokens_taken"], state["tokens_dropped"]
 
 
