@@ -1,11 +1,17 @@
 """python -m llm.bench train [hydra overrides] [--steps N] [--warmup N] [--json]
-python -m llm.bench engine RUN_DIR | [hydra overrides] [--steps N] [--warmup N] [--json]"""
+python -m llm.bench engine RUN_DIR | [hydra overrides] [--steps N] [--warmup N] [--json]
+python -m llm.bench packer [hydra overrides] [--json]
+python -m llm.bench tokenizer [hydra overrides] [--json]
+python -m llm.bench all [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]"""
 
 import argparse
 import json
 from pathlib import Path
 
 from llm.bench.engine import benchmark_engine
+from llm.bench.packer import benchmark_packer
+from llm.bench.suite import run_suite
+from llm.bench.tokenizer import benchmark_tokenizer
 from llm.bench.train_step import benchmark_train
 
 
@@ -16,23 +22,44 @@ def print_table(result: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    if kind == "train":
+        return benchmark_train(overrides, steps, warmup)
+    if kind == "packer":
+        return benchmark_packer(overrides)
+    if kind == "tokenizer":
+        return benchmark_tokenizer(overrides)
+    is_run_dir = len(overrides) == 1 and Path(overrides[0]).is_dir()
+    return benchmark_engine(overrides[0] if is_run_dir else overrides, steps, warmup)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__)
-    parser.add_argument("kind", choices=["train", "engine"])
+    parser = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", "all"])
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, as for train.py (e.g. experiment=cpu); for engine, or a run directory")
     parser.add_argument("--steps", type=int, default=10,
                         help="timed steady-state steps (engine: timed repetitions, the best one counts)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (compile happens here)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed warm-up steps, the first reported alone (compile happens there)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
-    if args.kind == "train":
-        result = benchmark_train(args.overrides, args.steps, args.warmup)
-    else:
-        is_run_dir = len(args.overrides) == 1 and Path(args.overrides[0]).is_dir()
-        target = args.overrides[0] if is_run_dir else args.overrides
-        result = benchmark_engine(target, args.steps, args.warmup)
-    print(json.dumps(result) if args.json else print_table(result) or "")
+    if args.kind != "all":
+        result = run_one(args.kind, args.overrides, args.steps, args.warmup)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_table(result)
+        return
+    results = {}
+    for name, result in run_suite(args.overrides, args.steps, args.warmup):
+        results[name] = result
+        if not args.json:
+            print(f"\n== {name}")
+            print_table(result)
+    if args.json:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 GPUs have published bf16 peaks (llm.analysis.hardware). A CPU's peak depends on its cores, vector
 units and matrix extensions (AMX runs bf16 about 3x faster than fp32), so it is measured here with
 a large square matmul in the run's dtype, in the same process as the benchmark it normalises.
+Where bf16 matmuls are slow (no bf16 units: ~100x slower than fp32), the fp32 peak is the CPU's
+real one: a run that chose bf16 there uses a small share of the machine, and MFU should say so.
 """
 
 import math
@@ -11,6 +13,7 @@ import time
 import torch
 
 from llm.analysis.hardware import peak_flops
+from llm.device import fast_bf16_matmul
 
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
@@ -35,4 +38,6 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         table = peak_flops(name)
         if math.isfinite(table):
             return table, f"published bf16 peak of {name}"
+    if dtype == torch.bfloat16 and not fast_bf16_matmul(device.type):
+        dtype = torch.float32
     return measured_matmul_flops(device, dtype), f"measured {str(dtype).removeprefix('torch.')} matmul on {device.type}"

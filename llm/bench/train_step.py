@@ -1,8 +1,13 @@
 """Steady-state training throughput of a composed config, on random tokens.
 
 Random tokens keep data loading out of the figure (the packer has its own benchmark); the step
-itself is the training loop's own `train_step`. Warm-up steps (including any compile) are timed
-separately and excluded from the steady-state numbers.
+itself is the training loop's own `train_step`. Warm-up steps are timed separately and excluded
+from the steady-state numbers; the first of them is also reported alone, since it is the cold
+one: with train.compile=true it is where compilation happens (fast when torch's compile cache
+under the data home already holds this shape's kernels from an earlier run).
+
+Peak RSS is the process's high-water mark, so it is only this benchmark's when it runs alone in
+its process (as `python -m llm.bench all` runs each benchmark).
 """
 
 import resource
@@ -28,8 +33,10 @@ def random_batches(vocab_size: int, batch_size: int, sequence_len: int, device: 
 
 
 def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
+    if steps < 1 or warmup < 1:
+        raise ValueError(f"steps and warmup must be at least 1 (the first step is the cold one), got {steps}, {warmup}")
     cfg = compose_run(overrides)
-    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed)
+    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
     plan = derived.plan(cfg, runtime.world_size)
     model = build.model(plan.shape, cfg.attention, runtime)
     optimizer = build.optimizer(model, plan, cfg.optim, runtime)
@@ -45,7 +52,8 @@ def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
         runtime.synchronize()
         return time.perf_counter() - start
 
-    warmup_sec = timed_steps(warmup)
+    first_step_sec = timed_steps(1)
+    warmup_sec = first_step_sec + timed_steps(warmup - 1)
     steady_sec = timed_steps(steps)
     peak, peak_source = device_peak(runtime.device, runtime.compute_dtype)
     step_time = steady_sec / steps
@@ -59,6 +67,7 @@ def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
         "peak_flops_per_device": peak,
         "peak_source": peak_source,
         "flops_per_token": plan.flops_per_token,
+        "first_step_sec": first_step_sec,
         "warmup_sec": warmup_sec,
         "warmup_steps": warmup,
         "steps": steps,

@@ -1,0 +1,40 @@
+"""The benchmarks run and report what they promise (their figures are never asserted: no timed tests)."""
+
+import json
+import sys
+
+from llm.bench import __main__ as bench_cli
+from llm.bench import suite
+from llm.bench.packer import SEQUENCE_LENS, benchmark_packer
+from llm.bench.tokenizer import benchmark_tokenizer
+from llm.bench.train_step import benchmark_train
+from tests.conftest import TINY_RUN
+
+
+def test_train_reports_the_cold_first_step_and_peak_rss(llm_home):
+    result = benchmark_train(TINY_RUN, steps=1, warmup=2)
+    assert 0 < result["first_step_sec"] <= result["warmup_sec"]
+    assert result["peak_rss_mb"] > 0 and result["tokens_per_sec"] > 0 and result["compile"] is False
+
+
+def test_packer_reports_both_packings_at_each_length(llm_home):
+    result = benchmark_packer(TINY_RUN, seconds=0.05, documents=60)
+    for sequence_len in SEQUENCE_LENS:
+        assert result[f"bestfit_{sequence_len}_tokens_per_sec"] > 0 < result[f"stream_{sequence_len}_tokens_per_sec"]
+        assert 0 <= result[f"bestfit_{sequence_len}_crop_fraction"] < 1
+    assert result["documents"] == 60 and result["vocab_size"] == 512
+
+
+def test_tokenizer_reports_training_and_encoding_rates(llm_home):
+    result = benchmark_tokenizer(TINY_RUN, train_chars=200_000, encode_docs=20)
+    assert result["train_chars"] >= 200_000 and result["train_chars_per_sec"] > 0
+    assert result["encode_chars_per_sec"] > 0 < result["encode_to_arrays_chars_per_sec"]
+    assert result["chars_per_token"] > 1
+
+
+def test_all_runs_each_benchmark_in_its_own_process_and_prints_one_json_object(llm_home, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "SUITE", {"train_a": ("train", TINY_RUN), "train_b": ("train", TINY_RUN)})
+    monkeypatch.setattr(sys, "argv", ["llm.bench", "all", "--steps", "1", "--warmup", "1", "--json"])
+    bench_cli.main()
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"train_a", "train_b"} and all(r["steps"] == 1 for r in result.values())
