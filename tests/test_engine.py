@@ -151,11 +151,13 @@ def test_cached_generation_equals_uncached_on_a_random_sliding_window_model():
     assert [column[0] for column in columns] == list(greedy_uncached(model, prompt, 40))
 
 
-def test_cache_follows_the_projection_dtype_under_bf16_autocast():
+# The layouts init_weights leaves: on CUDA lookup tables in bf16 and matmul weights in fp32; on
+# CPU everything in fp32, so under autocast the value embeddings meet bf16 values.
+@pytest.mark.parametrize("table_dtype", [torch.bfloat16, torch.float32], ids=["cuda_layout", "cpu_layout"])
+def test_cache_follows_the_projection_dtype_under_bf16_autocast(table_dtype):
     model = random_window_model()
-    # The layout init_weights leaves on CUDA: lookup tables in bf16, matmul weights in fp32.
-    model.transformer.wte.to(dtype=torch.bfloat16)
-    model.value_embeds.to(dtype=torch.bfloat16)
+    model.transformer.wte.to(dtype=table_dtype)
+    model.value_embeds.to(dtype=table_dtype)
     assert cache_dtype(model) == torch.float32
     prompt = [BOS, *b"bf16"]
     with torch.autocast("cpu", dtype=torch.bfloat16):

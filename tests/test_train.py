@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llm.device import fast_bf16_matmul
 from tests.conftest import REPO, TINY_RUN, run_train
 
 LONG_RUN = [*TINY_RUN, "budget.num_iterations=40", "eval.every=10", "checkpoint.every=4", "checkpoint.keep=20"]
@@ -54,6 +55,9 @@ def test_run_directory_contract(tmp_path, llm_home):
     assert "depth: 2" in (run / "config.yaml").read_text()
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_000004", "step_000008"]
     assert "step 00008/00008" in result.stdout and "eta" in result.stdout
+    (launch,) = read_jsonl(run / "launches.jsonl")
+    assert launch["start_step"] == 0 and launch["world_size"] == 1
+    assert launch["compute_dtype"] == ("bfloat16" if fast_bf16_matmul("cpu") else "float32")  # dtype=auto
 
     # Running the finished run again trains nothing and changes nothing.
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}

@@ -4,7 +4,7 @@
     DIR/identity.json     the part of the config that defines the trajectory, and the git commit
     DIR/metrics.jsonl     one JSON object per logged step
     DIR/summary.json      status and headline numbers, rewritten atomically as the run goes
-    DIR/launches.jsonl    one line per start of the run: host, step it started from, Slurm job ids
+    DIR/launches.jsonl    one line per start of the run: host, step it started from, dtype, Slurm job ids
     DIR/checkpoints/      see checkpoint.py
 
 Sweeps, notebooks and evaluation read only these files. Every write is atomic (temp file, fsync,
@@ -92,14 +92,18 @@ class RunDir:
                                                    indent=2, default=str))
         write_atomic(self.path / "config.yaml", resolved_yaml)
 
-    def record_launch(self, start_step: int, world_size: int) -> None:
-        """Append who started this run and where it started from: one line per (re)start."""
+    def record_launch(self, start_step: int, world_size: int, compute_dtype: str) -> None:
+        """Append who started this run, where it started from and how it computes: one line per (re)start.
+
+        dtype=auto is decided on each machine, so a run resumed on another node kind says so here.
+        """
         scheduler = {key.lower(): os.environ[key] for key in SCHEDULER_VARIABLES if key in os.environ}
         if "slurm_job_id" in scheduler:  # the id squeue and sacct show: ARRAY_TASK for array jobs
             array = (scheduler.get("slurm_array_job_id"), scheduler.get("slurm_array_task_id"))
             scheduler["slurm_job"] = "_".join(array) if all(array) else scheduler["slurm_job_id"]
         record = {"time": time.time(), "host": socket.gethostname(), "start_step": start_step,
-                  "world_size": world_size, **scheduler}
+                  "world_size": world_size,
+                  "compute_dtype": compute_dtype, **scheduler}
         with open(self.path / "launches.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 

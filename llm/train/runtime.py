@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from llm.config.derived import ConfigError
 from llm.data.paths import base_dir
@@ -110,9 +111,13 @@ def _persist_compile_cache(data_home: str | None) -> None:
     """Keep torch.compile's artefacts under the data home unless the user chose a place.
 
     Inductor's default is under /tmp, which clusters wipe or keep per node; in the data home the
-    runs of a sweep (same shapes, same code) reuse each other's compiled kernels.
+    runs of a sweep (same shapes, same code) reuse each other's compiled kernels. Importing
+    torch._dynamo writes that default into the environment, so holding the default counts as unset.
+    Inductor reads the variable whenever it opens its cache, so setting it before the first compile
+    is enough.
     """
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base_dir(data_home) / "torchinductor")
 
 
