@@ -66,7 +66,7 @@ def trained_run(tmp_path_factory, llm_home) -> Path:
 def run_sweep(*overrides: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a multirun of train.py as a user would (a real process)."""
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *overrides], cwd=REPO,
-                            capture_output=True, text=True, env={**os.environ, "LLM_HOME": str(home)}, timeout=1800)
+                            capture_output=True, text=True, env={**os.environ, "LLM_HOME": str(home)}, timeout=3600)
     if check and result.returncode != 0:
         raise AssertionError(f"sweep failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

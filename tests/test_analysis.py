@@ -1,6 +1,8 @@
 """Scaling-law analysis: fits recover known laws, bad input warns or fails clearly, CLI and plots work."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 import warnings
@@ -14,6 +16,7 @@ from llm.analysis.__main__ import main
 from llm.analysis.conventions import scaling_params, training_flops
 from llm.analysis.hardware import PEAK_BF16_FLOPS, peak_flops
 from llm.analysis.isoflop import fit_isoflop
+from llm.analysis.miniseries import depth_ladder
 from llm.analysis.parametric import CHINCHILLA_LAW, LossLaw, fit_parametric
 from llm.analysis.planner import (
     DEFAULT_TOTAL_BATCH_SIZE,
@@ -22,6 +25,8 @@ from llm.analysis.planner import (
     plan_run,
 )
 from llm.analysis.table import keep_finished_runs, load_table
+from llm.config import compose_run, derived
+from llm.config.sizes import flops_per_token_for_depth, scaling_params_for_depth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAW = CHINCHILLA_LAW  # E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28
@@ -185,6 +190,51 @@ def test_isoflop_warns_when_an_optimum_lies_outside_the_sweep():
     assert fit.budgets["extrapolated"].all()
 
 
+def monotone_grid(flops_convention="model") -> pd.DataFrame:
+    """Like the CPU demo sweep: every budget is best spent on its smallest model. At 1e18 the
+    profile is concave, at 1e19 convex with its vertex below the sampled sizes."""
+    runs = isoflop_grid(budgets=[1e18, 1e19], sizes_per_budget=4)
+    x = np.log10(runs["params_transformer"] / 0.9)
+    offset = x - x.groupby(runs["flops_budget"]).transform("min")
+    runs["val_bpb"] = np.where(runs["flops_budget"] == 1e18, 3 + offset - 0.3 * offset**2, 3 + offset + 0.3 * offset**2)
+    return runs
+
+
+def test_isoflop_raw_min_fallback_takes_the_best_run_and_says_where_the_optimum_lies():
+    runs = monotone_grid()
+    with pytest.warns(UserWarning) as caught:
+        strict = fit_isoflop(runs)
+    assert list(strict.skipped) == [1e18] and strict.budgets["extrapolated"].all()
+    assert (strict.budgets["method"] == "parabola").all()
+    with pytest.warns(UserWarning) as caught:
+        fit = fit_isoflop(runs, fallback="raw_min")
+    messages = [str(warning.message) for warning in caught]
+    assert sum("using its best run" in m and "the smallest model: the optimum lies below it" in m
+               and "extend the sweep to smaller models" in m for m in messages) == 2
+    smallest = runs.loc[runs.groupby("flops_budget")["params_transformer"].idxmin()]
+    assert list(fit.budgets["method"]) == ["raw_min", "raw_min"] and fit.budgets["extrapolated"].all()
+    np.testing.assert_allclose(fit.budgets["params_opt"], smallest["params_transformer"].to_numpy() / 0.9)
+    np.testing.assert_allclose(fit.budgets["tokens_opt"], smallest["tokens_trained"].to_numpy())
+    np.testing.assert_allclose(fit.budgets["loss_opt"], 3.0)
+    assert fit.budgets["curvature"].iloc[0] < 0 < fit.budgets["curvature"].iloc[1]  # kept for the plot
+    assert not fit.skipped and fit.params_law is not None
+    with pytest.warns(UserWarning, match="smallest model"):
+        six_nd = fit_isoflop(runs, fallback="raw_min", flops_convention="6ND", tokens_col=None)
+    smallest_params = smallest["params_transformer"].to_numpy() / 0.9
+    np.testing.assert_allclose(six_nd.budgets["tokens_opt"], np.array([1e18, 1e19]) / (6 * smallest_params))
+
+
+def test_isoflop_raw_min_fallback_leaves_bracketed_optima_and_rejects_unknown_names():
+    runs = isoflop_grid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fallback = fit_isoflop(runs, fallback="raw_min")
+    pd.testing.assert_frame_equal(fallback.budgets, fit_isoflop(runs).budgets)
+    assert (fallback.budgets["method"] == "parabola").all()
+    with pytest.raises(ValueError, match="unknown fallback 'nearest'"):
+        fit_isoflop(runs, fallback="nearest")
+
+
 def test_isoflop_rejects_unfittable_tables():
     runs = isoflop_grid(budgets=[1e18]).iloc[:2]
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no budget could be fitted"):
@@ -244,6 +294,38 @@ def test_parametric_defaults_to_kaplan_params_and_rejects_bad_input():
         fit_parametric(runs.assign(tokens_trained=0.0))
 
 
+# --- miniseries ---------------------------------------------------------------------------------
+
+def test_depth_ladder_of_a_miniseries_keeps_every_run_smallest_first():
+    runs = collector_rows([3e8, 1e8, 2e8], [3e9, 1e9, 2e9], [0.9, 1.1, 1.0], np.nan).assign(depth=[6, 2, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ladder = depth_ladder(runs)
+    assert list(ladder["depth"]) == [2, 4, 6]
+    np.testing.assert_allclose(ladder["params"], [1e8, 2e8, 3e8])
+    np.testing.assert_allclose(ladder["ratio"], 10.0)
+    np.testing.assert_allclose(ladder["compute"], 6.5 * ladder["params"] * ladder["tokens_trained"])
+    six_nd = depth_ladder(runs.drop(columns="flops_per_token"), params_convention="total")
+    np.testing.assert_allclose(six_nd["params"], [1.2e8, 2.4e8, 3.6e8])
+    np.testing.assert_allclose(six_nd["compute"], 6 * six_nd["params"] * six_nd["tokens_trained"])
+
+
+def test_depth_ladder_of_an_isoflop_table_takes_the_largest_budget():
+    with pytest.warns(UserWarning, match="4 FLOPs budgets; taking the ladder at the largest, 1e\\+21"):
+        ladder = depth_ladder(isoflop_grid())
+    assert (ladder["flops_budget"] == 1e21).all() and len(ladder) == 7
+    assert ladder["params"].is_monotonic_increasing
+
+
+def test_parametric_keeps_exponents_non_negative_when_loss_rises_with_size():
+    """As in a sweep too small to bracket the optimum: at every budget the smallest model wins."""
+    runs = monotone_grid()
+    fit = fit_parametric(runs, n_boot=10)
+    assert fit.law.alpha >= 0 and fit.law.beta >= 0 and (fit.bootstrap[["alpha", "beta"]] >= 0).all().all()
+    assert fit.law.alpha == 0 and fit.law.G == 0 and fit.law.optimal_allocation(1e19) == (0, np.inf)
+    assert np.isfinite(fit.law.loss(runs["params_transformer"] / 0.9, runs["tokens_trained"])).all()
+
+
 # --- planner ------------------------------------------------------------------------------------
 
 def test_planner_picks_the_depth_closest_in_log_params():
@@ -253,18 +335,51 @@ def test_planner_picks_the_depth_closest_in_log_params():
     distances = {d: abs(np.log(approximate_scaling_params(d) / params_opt)) for d in range(2, 65)}
     assert plan.depth == min(distances, key=distances.get)
     assert plan.params == approximate_scaling_params(plan.depth)
-    assert plan.tokens == pytest.approx(flops / (6 * plan.params))
-    assert plan.iterations == round(plan.tokens / DEFAULT_TOTAL_BATCH_SIZE)
+    assert plan.iterations == round(flops / (6 * plan.params * DEFAULT_TOTAL_BATCH_SIZE))
+    assert plan.tokens == plan.iterations * DEFAULT_TOTAL_BATCH_SIZE
+    assert plan.tokens == pytest.approx(flops / (6 * plan.params), rel=1 / plan.iterations)
     assert plan.loss >= plan.loss_opt
-    assert plan.command == f"python train.py model=d{plan.depth} budget=flops budget.target_flops=1e+19"
+    assert plan.command == f"python train.py model.depth={plan.depth} budget=flops budget.target_flops=1e+19"
+
+
+def test_planner_spends_the_budget_at_the_models_own_flops_per_token():
+    six_n = plan_run(1e19, LAW, approximate_scaling_params)
+    exact = plan_run(1e19, LAW, approximate_scaling_params,
+                     flops_per_token_for_depth=lambda depth: 8 * approximate_scaling_params(depth))
+    assert exact.depth == six_n.depth
+    assert exact.iterations == round(1e19 / (8 * exact.params * DEFAULT_TOTAL_BATCH_SIZE))
+    assert exact.iterations == pytest.approx(six_n.iterations * 6 / 8, abs=1)
+    assert exact.loss > six_n.loss  # fewer tokens for the same model
+    with pytest.warns(UserWarning, match="nearest end"), pytest.raises(ValueError, match="less than one step"):
+        plan_run(1e12, LAW, approximate_scaling_params)
 
 
 def test_planner_uses_the_callers_params_and_batch():
     law = LossLaw(E=0.5, A=100.0, B=100.0, alpha=0.3, beta=0.3)  # equal exponents: N_opt = sqrt(C/6)
     plan = plan_run(6e18, law, lambda depth: 10.0**depth, depths=range(5, 15), total_batch_size=1000)
     assert plan.depth == 9
-    assert plan.iterations == round(1e9 / 1000)
+    assert plan.iterations == round(1e9 / 1000) and plan.tokens == 1e9
     assert plan.command.endswith("budget.target_flops=6e+18 train.total_batch_size=1000")
+
+
+@pytest.mark.parametrize("overrides, depths", [((), (2, 7, 12)), (("sweep=isoflop_cpu",), (1, 3))])
+def test_exact_sizes_by_depth_match_the_training_plan(overrides, depths):
+    for depth in depths:
+        plan = derived.plan(compose_run([*overrides, f"model.depth={depth}"]))
+        assert scaling_params_for_depth(depth, overrides) == plan.scaling_params
+        assert flops_per_token_for_depth(depth, overrides) == plan.flops_per_token
+
+
+def test_planner_takes_the_nearest_end_when_the_optimum_is_out_of_range():
+    all_tokens = LossLaw(E=1.0, A=1.0, B=100.0, alpha=0.0, beta=0.3)  # N does not matter: N_opt = 0
+    assert all_tokens.optimal_allocation(1e19) == (0.0, np.inf)
+    with pytest.warns(UserWarning, match="optimal N=0 lies outside .* taking the nearest end"):
+        plan = plan_run(1e19, all_tokens, approximate_scaling_params, depths=range(4, 9))
+    assert plan.depth == 4
+    with pytest.warns(UserWarning, match="optimal N=2.28e\\+08 lies outside"):
+        assert plan_run(1e19, LAW, approximate_scaling_params, depths=range(2, 6)).depth == 5
+    with pytest.raises(ValueError, match="no compute-optimal N"):
+        plan_run(1e19, LossLaw(E=1.0, A=1.0, B=1.0, alpha=0.0, beta=0.0), approximate_scaling_params)
 
 
 def test_approximate_params_and_gpu_hours():
@@ -322,7 +437,7 @@ def test_cli_plan_prints_a_runnable_command(results_csv):
     result = run_cli("plan", "--flops", "1e19")
     assert result.returncode == 0, result.stderr
     last_line = result.stdout.strip().splitlines()[-1]
-    assert last_line.startswith("python train.py model=d") and last_line.endswith("budget.target_flops=1e+19")
+    assert last_line.startswith("python train.py model.depth=") and last_line.endswith("budget.target_flops=1e+19")
     fitted = run_cli("plan", "--gpu-hours", "8", "--gpu", "H100", "--table", results_csv, "--json",
                      "--total-batch-size", "262144")
     assert fitted.returncode == 0, fitted.stderr
@@ -330,6 +445,20 @@ def test_cli_plan_prints_a_runnable_command(results_csv):
     assert plan["flops"] == pytest.approx(8 * 3600 * 989e12 * 0.4)
     assert plan["law"]["alpha"] == pytest.approx(LAW.alpha, abs=0.03)
     assert plan["command"].endswith("train.total_batch_size=262144")
+
+
+def test_cli_plan_uses_the_exact_counts_and_train_agrees(llm_home):
+    plan = json.loads(run_cli("plan", "--flops", "1e19", "--json").stdout)
+    assert plan["params"] == derived.plan(compose_run([f"model.depth={plan['depth']}"])).scaling_params
+    arguments = plan["command"].split()[2:]
+    dry_run = subprocess.run([sys.executable, "train.py", *arguments, "dry_run=true"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "LLM_HOME": str(llm_home)})
+    assert dry_run.returncode == 0, dry_run.stderr
+    iterations = re.search(r"^num_iterations\s+([\d,]+)", dry_run.stdout, re.MULTILINE).group(1)
+    assert abs(int(iterations.replace(",", "")) - plan["iterations"]) <= 1
+    approximate = json.loads(run_cli("plan", "--flops", "1e19", "--json", "--params-for-depth",
+                                     "llm.analysis.planner:approximate_scaling_params").stdout)
+    assert approximate["tokens"] == pytest.approx(1e19 / (6 * approximate["params"]), rel=1e-3)  # 6N per token
 
 
 @pytest.mark.parametrize("args, message", [  # in-process: the same main() as the subprocess runs
@@ -370,6 +499,17 @@ def test_isoflop_plot_has_points_parabolas_and_optima(fits, tmp_path):
     assert (tmp_path / "isoflop.png").stat().st_size > 0
 
 
+def test_isoflop_plot_marks_fallback_optima_with_diamonds():
+    from llm.analysis.plots import plot_isoflop
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_isoflop(monotone_grid(), fallback="raw_min")
+    ax = plot_isoflop(fit).axes[0]
+    assert [line.get_marker() for line in ax.get_lines()[2::3]] == ["D", "D"]
+    assert len(ax.get_lines()) == 2 * 3 and "best run" in ax.get_title()
+
+
 def test_optimal_scaling_plot_has_fits_and_bands(fits):
     from llm.analysis.plots import plot_optimal_scaling
 
@@ -389,3 +529,16 @@ def test_loss_frontier_plot(fits):
     frontier, parity = figure.axes
     assert len(frontier.get_lines()[0].get_xdata()) == 49
     assert len(parity.get_lines()) == 2
+
+
+def test_miniseries_plot_has_a_row_per_metric_and_notes_missing_ones(tmp_path):
+    from llm.analysis.plots import plot_miniseries
+
+    runs = collector_rows([1e8, 2e8, 3e8], [1e9, 2e9, 3e9], [1.1, 1.0, 0.9], np.nan).assign(depth=[2, 4, 6])
+    figure = plot_miniseries(depth_ladder(runs.assign(core_score=np.nan)), path=tmp_path / "ladder.png")
+    (bpb_params, bpb_compute), (core_params, core_compute) = np.reshape(figure.axes, (2, 2))
+    np.testing.assert_allclose(bpb_params.get_lines()[0].get_ydata(), [1.1, 1.0, 0.9])
+    np.testing.assert_allclose(bpb_compute.get_lines()[0].get_xdata(), 6.5 * np.array([1e17, 4e17, 9e17]))
+    assert [text.get_text() for text in bpb_params.texts] == ["d2", "d4", "d6"]
+    assert not core_compute.get_lines() and core_compute.texts[0].get_text() == "no core_score recorded"
+    assert (tmp_path / "ladder.png").stat().st_size > 0

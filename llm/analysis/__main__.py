@@ -22,9 +22,10 @@ from llm.analysis.parametric import CHINCHILLA_LAW, fit_parametric
 from llm.analysis.planner import DEFAULT_TOTAL_BATCH_SIZE, flops_from_gpu_hours, plan_run
 from llm.analysis.table import load_table
 
-# Where `plan` finds N for a depth unless --params-for-depth names another function. The config
-# layer's exact count replaces this approximation by changing this one string.
-PARAMS_FOR_DEPTH_HOOK = "llm.analysis.planner:approximate_scaling_params"
+# Where `plan` finds a depth's N and training FLOPs per token: the config layer's exact counts,
+# named rather than imported because llm.analysis depends on no other llm package.
+PARAMS_FOR_DEPTH_HOOK = "llm.config.sizes:scaling_params_for_depth"
+FLOPS_PER_TOKEN_HOOK = "llm.config.sizes:flops_per_token_for_depth"
 
 
 def column_options(args) -> dict:
@@ -33,16 +34,26 @@ def column_options(args) -> dict:
             "tokens_col": args.tokens_col, "loss_col": args.loss_col}
 
 
-def resolve_params_for_depth(spec: str):
-    """Import `module:function`, the callable mapping a depth to N."""
+def resolve_hook(option: str, spec: str):
+    """Import `module:function`, a callable of the depth given on the command line as `option`."""
     module_name, _, function_name = spec.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"cannot load --params-for-depth {spec!r} ({error}); expected module:function") from None
+        raise ValueError(f"cannot load {option} {spec!r} ({error}); expected module:function") from None
     if not callable(function):
-        raise ValueError(f"--params-for-depth {spec!r} is not callable")
+        raise ValueError(f"{option} {spec!r} is not callable")
     return function
+
+
+def size_hooks(args):
+    """N and FLOPs-per-token functions of the depth. The default FLOPs count belongs to the default
+    N's model, so a caller's own --params-for-depth gets 6N unless it names its FLOPs count too."""
+    params_spec = args.params_for_depth or PARAMS_FOR_DEPTH_HOOK
+    flops_spec = args.flops_per_token_for_depth or (None if args.params_for_depth else FLOPS_PER_TOKEN_HOOK)
+    params_for_depth = resolve_hook("--params-for-depth", params_spec)
+    flops_per_token_for_depth = resolve_hook("--flops-per-token-for-depth", flops_spec) if flops_spec else None
+    return params_for_depth, flops_per_token_for_depth
 
 
 def run_isoflop(args) -> dict:
@@ -94,7 +105,8 @@ def run_plan(args) -> dict:
         law_source = "fitted to " + ", ".join(args.table)
     else:
         law, law_source = CHINCHILLA_LAW, "Chinchilla (Hoffmann et al. 2022) defaults"
-    plan = plan_run(flops, law, resolve_params_for_depth(args.params_for_depth),
+    params_for_depth, flops_per_token_for_depth = size_hooks(args)
+    plan = plan_run(flops, law, params_for_depth, flops_per_token_for_depth=flops_per_token_for_depth,
                     total_batch_size=args.total_batch_size)
     if not args.json:
         print(f"compute budget      {plan.flops:.3g} FLOPs")
@@ -145,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--mfu", type=float, default=0.4, help="expected model FLOPs utilisation")
     plan.add_argument("--table", nargs="+", help="fit the loss law to these tables instead of the defaults")
     plan.add_argument("--total-batch-size", type=int, default=DEFAULT_TOTAL_BATCH_SIZE)
-    plan.add_argument("--params-for-depth", default=PARAMS_FOR_DEPTH_HOOK, metavar="MODULE:FUNCTION",
-                      help="function giving N for a depth, in the law's parameter convention")
+    plan.add_argument("--params-for-depth", metavar="MODULE:FUNCTION",
+                      help=f"function giving N for a depth, in the law's parameter convention "
+                           f"(default {PARAMS_FOR_DEPTH_HOOK})")
+    plan.add_argument("--flops-per-token-for-depth", metavar="MODULE:FUNCTION",
+                      help=f"function giving a depth's training FLOPs per token (default {FLOPS_PER_TOKEN_HOOK} "
+                           "with the default N, else 6N)")
     plan.set_defaults(handler=run_plan)
     return parser
 

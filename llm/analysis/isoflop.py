@@ -10,6 +10,11 @@ D at a budget's optimum depends on the FLOPs convention (see `conventions`):
   flops_per_token, so log D is regressed on log N within the budget (for a fixed budget
   D ~ C / N, a straight line in log-log) and evaluated at N_opt.
 - ``6ND``: D = C / (6 N_opt), needing no token column.
+
+A sweep whose model sizes miss the optimum has no usable vertex: loss rises (or falls) across
+every size, the parabola is concave or has its minimum outside the sampled range. Such budgets
+are skipped, or with ``fallback="raw_min"`` represented by their lowest-loss run, which at the
+edge of the sweep is only a bound on the optimum; warnings say which side to extend.
 """
 
 import json
@@ -23,6 +28,7 @@ from llm.analysis.conventions import DEFAULT_PARAMS_CONVENTION, FLOPS_CONVENTION
 from llm.analysis.table import require_columns, require_positive
 
 MIN_POINTS_PER_BUDGET = 3  # a parabola has three coefficients
+FALLBACKS = (None, "raw_min")
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,10 @@ class PowerLaw:
 class IsoFlopFit:
     """Per-budget optima and the power laws through them.
 
-    `budgets` has one row per fitted budget: flops, n_points, params_opt, tokens_opt, ratio
-    (tokens per parameter), loss_opt, extrapolated (vertex outside the sampled sizes) and the
-    parabola `loss = curvature * x^2 + slope * x + intercept` with x = log10 N.
+    `budgets` has one row per fitted budget: flops, n_points, params_opt, tokens_opt, loss_opt,
+    extrapolated (the sampled sizes do not bracket the optimum), method (`parabola` for the
+    vertex, `raw_min` for the best run), ratio (tokens per parameter) and the parabola
+    `loss = curvature * x^2 + slope * x + intercept` with x = log10 N, concave for some fallbacks.
     `points` holds the runs used (flops, params, tokens, loss); `skipped` maps each budget left
     out to the reason. The laws are None when fewer than two budgets could be fitted.
     """
@@ -85,14 +92,10 @@ class IsoFlopFit:
         }
 
 
-def fit_budget(points: pd.DataFrame, flops: float, flops_convention: str) -> dict | str:
-    """Parabola fit of one budget: its optimum as a dict, or the reason it cannot be fitted."""
+def parabola_optimum(points: pd.DataFrame, flops: float, flops_convention: str, coefficients) -> dict:
+    """The vertex of a budget's convex parabola, with D at that N."""
+    curvature, slope, intercept = coefficients
     log_params = np.log10(points["params"].to_numpy(float))
-    if np.unique(log_params).size < MIN_POINTS_PER_BUDGET:
-        return f"{np.unique(log_params).size} distinct model sizes, need {MIN_POINTS_PER_BUDGET}"
-    curvature, slope, intercept = np.polyfit(log_params, points["loss"].to_numpy(float), 2)
-    if curvature <= 0:
-        return f"loss is not convex in log N (curvature {curvature:.3g}), so it has no minimum"
     log_params_opt = -slope / (2 * curvature)
     params_opt = 10**log_params_opt
     if flops_convention == "6ND":
@@ -101,17 +104,70 @@ def fit_budget(points: pd.DataFrame, flops: float, flops_convention: str) -> dic
         token_slope, token_intercept = np.polyfit(log_params, np.log10(points["tokens"]), 1)
         tokens_opt = 10 ** (token_intercept + token_slope * log_params_opt)
     return {
-        "flops": flops,
-        "n_points": len(points),
         "params_opt": params_opt,
         "tokens_opt": tokens_opt,
-        "ratio": tokens_opt / params_opt,
         "loss_opt": intercept - slope**2 / (4 * curvature),
         "extrapolated": not log_params.min() <= log_params_opt <= log_params.max(),
-        "curvature": curvature,
-        "slope": slope,
-        "intercept": intercept,
+        "method": "parabola",
     }
+
+
+def best_run(points: pd.DataFrame, flops: float, flops_convention: str) -> dict:
+    """The budget's lowest-loss run. At either end of the sampled sizes it only bounds the optimum,
+    which then lies beyond the sweep; `extrapolated` flags that, as it does an outlying vertex."""
+    best = points.loc[points["loss"].idxmin()]
+    tokens = flops / (6 * best["params"]) if flops_convention == "6ND" else best["tokens"]
+    return {
+        "params_opt": best["params"],
+        "tokens_opt": tokens,
+        "loss_opt": best["loss"],
+        "extrapolated": best["params"] in (points["params"].min(), points["params"].max()),
+        "method": "raw_min",
+    }
+
+
+def fit_budget(points: pd.DataFrame, flops: float, flops_convention: str, fallback: str | None) -> dict | str:
+    """One budget's optimum as a row, or the reason it has none.
+
+    The parabola's vertex is the optimum. A concave profile has no vertex; with the `raw_min`
+    fallback, that budget, and one whose vertex lies outside the sampled sizes, take their best run.
+    """
+    sizes = np.unique(points["params"]).size
+    if sizes < MIN_POINTS_PER_BUDGET:
+        return f"{sizes} distinct model sizes, need {MIN_POINTS_PER_BUDGET}"
+    coefficients = np.polyfit(np.log10(points["params"].to_numpy(float)), points["loss"].to_numpy(float), 2)
+    curvature = coefficients[0]
+    optimum = parabola_optimum(points, flops, flops_convention, coefficients) if curvature > 0 else None
+    if optimum is None and fallback is None:
+        return f"loss is not convex in log N (curvature {curvature:.3g}), so it has no minimum"
+    if fallback == "raw_min" and (optimum is None or optimum["extrapolated"]):
+        optimum = best_run(points, flops, flops_convention)
+    return {
+        "flops": flops,
+        "n_points": len(points),
+        **optimum,
+        "ratio": optimum["tokens_opt"] / optimum["params_opt"],
+        "curvature": curvature,
+        "slope": coefficients[1],
+        "intercept": coefficients[2],
+    }
+
+
+def budget_warning(row: dict, points: pd.DataFrame) -> str | None:
+    """What a user must know about a budget's optimum: that it is a fallback, or not bracketed."""
+    if row["method"] == "parabola":
+        if not row["extrapolated"]:
+            return None
+        return (f"budget {row['flops']:.3g} FLOPs: optimum N={row['params_opt']:.3g} lies outside the "
+                "sampled model sizes; widen the sweep there")
+    message = (f"budget {row['flops']:.3g} FLOPs: no parabola minimum within the sampled sizes; "
+               f"using its best run, N={row['params_opt']:.3g}")
+    if not row["extrapolated"]:
+        return message
+    side, direction, extension = (("smallest", "below", "smaller") if row["params_opt"] == points["params"].min()
+                                  else ("largest", "above", "larger"))
+    return (f"{message}, the {side} model: the optimum lies {direction} it, extend the sweep to "
+            f"{extension} models")
 
 
 def fit_isoflop(
@@ -123,14 +179,20 @@ def fit_isoflop(
     loss_col: str = "val_bpb",
     tokens_col: str | None = "tokens_trained",
     flops_convention: str = "model",
+    fallback: str | None = None,
 ) -> IsoFlopFit:
     """Fit every budget's parabola, then power laws N_opt(C) and D_opt(C) through the optima.
 
     N is `params_col` when given, else computed with `params_convention`. Budgets with fewer
-    than three model sizes or a non-convex profile are skipped with a warning. The optimal
-    ratio is reported at the geometric mean of the smallest and largest fitted budgets, along
-    with the mean and standard deviation of the per-budget ratios.
+    than three model sizes are skipped with a warning, and so are non-convex profiles unless
+    `fallback="raw_min"`, which gives every budget without a parabola minimum inside its sampled
+    sizes its best run instead (the `method` column says which). Optima the sweep does not
+    bracket are flagged `extrapolated` with a warning. The optimal ratio is reported at the
+    geometric mean of the smallest and largest fitted budgets, along with the mean and standard
+    deviation of the per-budget ratios.
     """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown fallback {fallback!r}; choose None or {', '.join(map(repr, FALLBACKS[1:]))}")
     if flops_convention not in FLOPS_CONVENTIONS:
         raise ValueError(
             f"unknown FLOPs convention {flops_convention!r}; choose one of {', '.join(FLOPS_CONVENTIONS)}"
@@ -150,20 +212,18 @@ def fit_isoflop(
 
     optima, skipped = [], {}
     for flops, budget_points in points.groupby("flops", sort=True):
-        outcome = fit_budget(budget_points, float(flops), flops_convention)
+        outcome = fit_budget(budget_points, float(flops), flops_convention, fallback)
         if isinstance(outcome, str):
             skipped[float(flops)] = outcome
             warnings.warn(f"skipping budget {flops:.3g} FLOPs: {outcome}", stacklevel=2)
-        else:
-            optima.append(outcome)
-            if outcome["extrapolated"]:
-                warnings.warn(
-                    f"budget {flops:.3g} FLOPs: optimum N={outcome['params_opt']:.3g} lies outside the "
-                    "sampled model sizes; widen the sweep there",
-                    stacklevel=2,
-                )
+            continue
+        optima.append(outcome)
+        message = budget_warning(outcome, budget_points)
+        if message:
+            warnings.warn(message, stacklevel=2)
     if not optima:
-        raise ValueError("no budget could be fitted: each needs 3 model sizes with a convex loss profile")
+        raise ValueError("no budget could be fitted: each needs 3 model sizes with a convex loss profile "
+                         "(fallback='raw_min' takes the best run of a non-convex one)")
     budgets = pd.DataFrame(optima)
 
     params_law = tokens_law = None

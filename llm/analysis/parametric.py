@@ -5,10 +5,10 @@ in log space with parameters a = log A, b = log B, e = log E, so that
 
     log L_hat = logsumexp(a - alpha log N, b - beta log D, e),
 
-and minimises the total Huber loss (delta = 1e-3) between log L_hat and log L with L-BFGS.
-The Huber loss keeps a few bad runs from steering the fit; the log makes the residuals
-relative. The objective has many poor local minima, hence the grid of initialisations; the
-grid is scored in one vectorised pass and only its best points are refined.
+and minimises the total Huber loss (delta = 1e-3) between log L_hat and log L with L-BFGS-B,
+keeping alpha and beta non-negative. The Huber loss keeps a few bad runs from steering the fit;
+the log makes the residuals relative. The objective has many poor local minima, hence the grid
+of initialisations; the grid is scored in one vectorised pass and only its best points are refined.
 
 Minimising L subject to C = 6 N D gives the compute-optimal allocation
 
@@ -57,8 +57,19 @@ BOOTSTRAP_STARTS = 1  # best grid points refined per resample, besides the full-
 # units of delta^2 (same minimiser, values of order one).
 LBFGS_OPTIONS = {"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-9}
 
+# More parameters or more data never hurt, so alpha and beta are kept non-negative. Unbounded, a
+# sweep that never brackets the optimum (loss rising with N at every budget) fits alpha < 0, a
+# law with no compute-optimal allocation. At alpha = 0 the law says: spend everything on tokens.
+THETA_BOUNDS = [(None, None), (None, None), (None, None), (0, None), (0, None)]
+
 
 LAW_CONSTANTS = ("E", "A", "B", "alpha", "beta")
+
+
+def ieee(compute) -> float:
+    """compute() with numpy's division and overflow warnings off: inf and NaN instead."""
+    with np.errstate(all="ignore"):
+        return float(compute())
 
 
 @dataclass(frozen=True)
@@ -75,24 +86,29 @@ class LossLaw:
         params, tokens = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
         return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
 
+    # A law with alpha = 0 does not care about N, so N_opt is 0 (G = 0) and everything goes into
+    # tokens; beta = 0 is the mirror image; with both 0 the allocation is undefined (NaN). These
+    # come out of fits to sweeps that miss the optimum, so they evaluate as IEEE floats, not errors.
     @property
     def a(self) -> float:
         """Exponent of N_opt in C."""
-        return self.beta / (self.alpha + self.beta)
+        return ieee(lambda: np.float64(self.beta) / (self.alpha + self.beta))
 
     @property
     def b(self) -> float:
         """Exponent of D_opt in C."""
-        return self.alpha / (self.alpha + self.beta)
+        return ieee(lambda: np.float64(self.alpha) / (self.alpha + self.beta))
 
     @property
     def G(self) -> float:
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+        return ieee(lambda: np.power(np.float64(self.alpha * self.A) / (self.beta * self.B),
+                                     1 / np.float64(self.alpha + self.beta)))
 
     def optimal_allocation(self, flops):
         """(N_opt, D_opt) for compute `flops`, counted as 6ND."""
         scaled = np.asarray(flops, dtype=float) / 6
-        return self.G * scaled**self.a, scaled**self.b / self.G
+        with np.errstate(all="ignore"):
+            return self.G * scaled**self.a, scaled**self.b / np.float64(self.G)
 
     def as_dict(self) -> dict[str, float]:
         """The five constants and the derived a, b and G."""
@@ -164,7 +180,7 @@ def refine(starts: np.ndarray, log_params, log_tokens, log_loss) -> np.ndarray:
     best_theta, best_value = None, np.inf
     for start in shift_intercepts(starts, -params_mean, -tokens_mean):
         result = minimize(objective_and_gradient, start, args=centred_data,
-                          jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS)
+                          jac=True, method="L-BFGS-B", bounds=THETA_BOUNDS, options=LBFGS_OPTIONS)
         if np.isfinite(result.fun) and result.fun < best_value:
             best_theta, best_value = result.x, result.fun
     return shift_intercepts(best_theta, params_mean, tokens_mean)
@@ -201,8 +217,9 @@ class ParametricFit:
         flops = np.atleast_1d(np.asarray(flops, dtype=float))
         laws = [LossLaw(**row) for row in self.bootstrap[list(LAW_CONSTANTS)].to_dict(orient="records")]
         params, tokens = np.array([law.optimal_allocation(flops) for law in laws]).transpose(1, 0, 2)
-        params_low, params_high = percentile_interval(params, self.confidence)
-        tokens_low, tokens_high = percentile_interval(tokens, self.confidence)
+        with np.errstate(invalid="ignore"):  # degenerate laws' 0 and inf allocations interpolate to NaN
+            params_low, params_high = percentile_interval(params, self.confidence)
+            tokens_low, tokens_high = percentile_interval(tokens, self.confidence)
         return pd.DataFrame({"flops": flops, "params_low": params_low, "params_high": params_high,
                              "tokens_low": tokens_low, "tokens_high": tokens_high})
 

@@ -3,14 +3,17 @@
 The fitted loss law gives the compute-optimal N and D for a budget C (counted as 6ND). Models
 come only in whole depths, so we take the depth whose N is closest to N_opt in log space (an
 IsoFLOP profile is a parabola in log N, so a factor too big costs as much as a factor too
-small), give it the tokens that spend the same budget, D = C / (6 N), and estimate its loss
-from the law. Training with a FLOPs budget recomputes the iterations from its own
-flops_per_token, which also counts attention, so its token count comes out a little lower.
+small), give it the tokens that spend the same budget and estimate its loss from the law.
 
-N must be counted in the convention the law was fitted in; `approximate_scaling_params` is a
-stand-in until the config layer supplies its exact count.
+The tokens are C / flops_per_token, rounded to whole optimizer steps exactly as training with
+a FLOPs budget rounds them. Given the model's own flops_per_token, which also counts attention,
+the plan's iterations are the ones the run will train; without it, 6N stands in.
+
+N must be counted in the convention the law was fitted in. `approximate_scaling_params` needs
+no config; the command line uses the config layer's exact counts (`llm.config.sizes`).
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -63,7 +66,8 @@ class RunPlan:
 
     @property
     def command(self) -> str:
-        command = f"python train.py model=d{self.depth} budget=flops budget.target_flops={self.flops:.3g}"
+        # model.depth rather than model=d<depth>: conf/model has files for a few depths only.
+        command = f"python train.py model.depth={self.depth} budget=flops budget.target_flops={self.flops:.3g}"
         if self.total_batch_size != DEFAULT_TOTAL_BATCH_SIZE:
             command += f" train.total_batch_size={self.total_batch_size}"
         return command
@@ -78,20 +82,37 @@ def plan_run(
     law: LossLaw,
     params_for_depth: Callable[[int], float],
     *,
+    flops_per_token_for_depth: Callable[[int], float] | None = None,
     depths: Iterable[int] = DEFAULT_DEPTHS,
     total_batch_size: int = DEFAULT_TOTAL_BATCH_SIZE,
 ) -> RunPlan:
-    """Recommend a depth and training length for `flops` of compute under `law`."""
+    """Recommend a depth and training length for `flops` of compute under `law`.
+
+    `flops_per_token_for_depth` is the model's training FLOPs per token (default 6N).
+    """
     if not flops > 0:
         raise ValueError(f"compute budget must be positive, got {flops}")
     if total_batch_size <= 0:
         raise ValueError(f"total batch size must be positive, got {total_batch_size}")
     params_opt, tokens_opt = (float(x) for x in law.optimal_allocation(flops))
+    if np.isnan(params_opt):
+        raise ValueError(f"the law has no compute-optimal N (alpha={law.alpha:.3g}, beta={law.beta:.3g})")
     candidates = [(depth, params_for_depth(depth)) for depth in depths]
     if not candidates:
         raise ValueError("no candidate depths to choose from")
-    depth, params = min(candidates, key=lambda item: abs(np.log(item[1] / params_opt)))
-    tokens = flops / (6 * params)
+    smallest, largest = min(size for _, size in candidates), max(size for _, size in candidates)
+    target = min(max(params_opt, smallest), largest)
+    if target != params_opt:
+        # Also the case of a law with alpha = 0 or beta = 0, whose N_opt is 0 or infinite.
+        warnings.warn(f"the law's optimal N={params_opt:.3g} lies outside the candidate depths' sizes "
+                      f"({smallest:.3g} to {largest:.3g}); taking the nearest end", stacklevel=2)
+    depth, params = min(candidates, key=lambda item: abs(np.log(item[1] / target)))
+    per_token = flops_per_token_for_depth(depth) if flops_per_token_for_depth else 6 * params
+    iterations = round(flops / (per_token * total_batch_size))
+    if iterations < 1:
+        raise ValueError(f"{flops:.3g} FLOPs is less than one step of {total_batch_size:,} tokens for d{depth}: "
+                         "raise the budget or lower the total batch size")
+    tokens = iterations * total_batch_size
     return RunPlan(
         flops=float(flops),
         params_opt=params_opt,
@@ -101,6 +122,6 @@ def plan_run(
         params=int(params),
         tokens=float(tokens),
         loss=float(law.loss(params, tokens)),
-        iterations=int(round(tokens / total_batch_size)),
+        iterations=int(iterations),
         total_batch_size=int(total_batch_size),
     )
