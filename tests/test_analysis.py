@@ -24,7 +24,7 @@ from llm.analysis.planner import (
     flops_from_gpu_hours,
     plan_run,
 )
-from llm.analysis.table import keep_finished_runs, load_table
+from llm.analysis.table import drop_highest_losses, keep_finished_runs, load_table
 from llm.config import compose_run, derived
 from llm.config.sizes import flops_per_token_for_depth, scaling_params_for_depth
 
@@ -113,6 +113,15 @@ def test_load_table_concatenates_and_filters(tmp_path):
     assert "dropping 1 runs" in messages
     assert len(runs) == 14 - 3
     assert set(runs["source"]) == {str(tmp_path / "a.csv"), str(tmp_path / "b.parquet")}
+
+
+def test_drop_highest_losses_removes_exactly_the_worst_runs():
+    runs = isoflop_grid(budgets=[1e18])
+    kept = drop_highest_losses(runs, count=2)
+    assert len(kept) == 5 and kept["val_bpb"].max() == runs["val_bpb"].nsmallest(5).max()
+    assert drop_highest_losses(runs, count=0).equals(runs)
+    with pytest.raises(ValueError, match="cannot drop 7 of 7 runs"):
+        drop_highest_losses(runs, count=7)
 
 
 def test_table_errors_are_one_clear_line(tmp_path):
@@ -431,6 +440,21 @@ def test_cli_parametric_json(results_csv):
     assert summary["alpha"] == pytest.approx(LAW.alpha, abs=0.03)
     low, high = summary["ci"]["beta"]
     assert low <= summary["beta"] <= high
+
+
+def test_cli_drops_outliers_that_pull_the_parametric_fit(tmp_path):
+    # Five runs at the smallest token count with twice the law's loss (diverged): the Huber loss
+    # does not absorb them because they alone pin down the data term.
+    runs = parametric_grid()
+    runs.loc[runs["tokens_trained"].nsmallest(5).index, "val_bpb"] *= 2
+    path = tmp_path / "outliers.csv"
+    runs.to_csv(path, index=False)
+    pulled = json.loads(run_cli("parametric", path, "--n-boot", "0", "--json").stdout)
+    cleaned = json.loads(run_cli("parametric", path, "--n-boot", "0", "--json", "--drop-highest-loss", "5").stdout)
+    assert cleaned["n_points"] == 44 and pulled["n_points"] == 49
+    for name in ["E", "alpha", "beta"]:
+        assert cleaned[name] == pytest.approx(getattr(LAW, name), rel=1e-3), name
+    assert pulled["beta"] > 1.0  # the five outliers make the data term far steeper
 
 
 def test_cli_plan_prints_a_runnable_command(results_csv):

@@ -34,6 +34,11 @@ def column_options(args) -> dict:
             "tokens_col": args.tokens_col, "loss_col": args.loss_col}
 
 
+def load_runs(tables: list[str], args):
+    """The finished runs of `tables`, as the shared options select them."""
+    return load_table(tables, loss_col=args.loss_col, status_col=args.status_col, drop_highest=args.drop_highest_loss)
+
+
 def resolve_hook(option: str, spec: str):
     """Import `module:function`, a callable of the depth given on the command line as `option`."""
     module_name, _, function_name = spec.partition(":")
@@ -57,7 +62,7 @@ def size_hooks(args):
 
 
 def run_isoflop(args) -> dict:
-    runs = load_table(args.tables, loss_col=args.loss_col, status_col=args.status_col)
+    runs = load_runs(args.tables, args)
     fit = fit_isoflop(runs, flops_col=args.flops_col, flops_convention=args.flops_convention, **column_options(args))
     if args.plot:
         from llm.analysis.plots import plot_isoflop
@@ -75,7 +80,7 @@ def run_isoflop(args) -> dict:
 
 
 def run_parametric(args) -> dict:
-    runs = load_table(args.tables, loss_col=args.loss_col, status_col=args.status_col)
+    runs = load_runs(args.tables, args)
     fit = fit_parametric(runs, n_boot=args.n_boot, seed=args.seed, confidence=args.confidence, **column_options(args))
     if args.plot:
         from llm.analysis.plots import plot_loss_frontier
@@ -100,7 +105,7 @@ def run_plan(args) -> dict:
     else:
         raise ValueError("give the budget as --flops C, or as --gpu-hours H with --gpu NAME")
     if args.table:
-        runs = load_table(args.table, loss_col=args.loss_col, status_col=args.status_col)
+        runs = load_runs(args.table, args)
         law = fit_parametric(runs, n_boot=0, **column_options(args)).law
         law_source = "fitted to " + ", ".join(args.table)
     else:
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     columns.add_argument("--tokens-col", default="tokens_trained")
     columns.add_argument("--loss-col", default="val_bpb")
     columns.add_argument("--status-col", default="status", help="runs whose status is not 'done' are ignored")
+    columns.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
+                         help="leave out the K runs of highest loss (outliers) before fitting")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

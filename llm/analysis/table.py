@@ -83,11 +83,25 @@ def keep_finished_runs(
     return df.reset_index(drop=True)
 
 
+def drop_highest_losses(df: pd.DataFrame, *, loss_col: str = "val_bpb", count: int) -> pd.DataFrame:
+    """The table without its `count` runs of highest loss.
+
+    A few far-off runs (tiny budgets, diverged models) can pull a fit even through the Huber loss;
+    Besiroglu et al. drop the five highest losses of Chinchilla's data this way before fitting.
+    """
+    if not 0 <= count < len(df):
+        raise ValueError(f"cannot drop {count} of {len(df)} runs; drop at least 0 and leave at least one")
+    return df.drop(index=df[loss_col].nlargest(count).index).reset_index(drop=True)
+
+
 def load_table(
     paths: str | Path | Iterable[str | Path],
     *,
     loss_col: str = "val_bpb",
     status_col: str = "status",
+    drop_highest: int = 0,
 ) -> pd.DataFrame:
-    """Read one or several tables and keep the finished runs with a valid loss."""
-    return keep_finished_runs(read_tables(paths), loss_col=loss_col, status_col=status_col)
+    """Read one or several tables, keep the finished runs with a valid loss, minus the
+    `drop_highest` runs of highest loss."""
+    runs = keep_finished_runs(read_tables(paths), loss_col=loss_col, status_col=status_col)
+    return drop_highest_losses(runs, loss_col=loss_col, count=drop_highest)
