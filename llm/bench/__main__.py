@@ -2,15 +2,20 @@
 python -m llm.bench engine RUN_DIR | [hydra overrides] [--steps N] [--warmup N] [--json]
 python -m llm.bench packer [hydra overrides] [--json]
 python -m llm.bench tokenizer [hydra overrides] [--json]
-python -m llm.bench all [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]"""
+python -m llm.bench all [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
+python -m llm.bench gpu [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
+
+all and gpu run a suite (llm/bench/suite.py), each benchmark in its own process, and exit with
+status 1 when any of them failed (its error is reported in its place)."""
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from llm.bench.engine import benchmark_engine
 from llm.bench.packer import benchmark_packer
-from llm.bench.suite import run_suite
+from llm.bench.suite import SUITES, run_suite
 from llm.bench.tokenizer import benchmark_tokenizer
 from llm.bench.train_step import benchmark_train
 
@@ -36,7 +41,7 @@ def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", "all"])
+    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", *SUITES])
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, as for train.py (e.g. experiment=cpu); for engine, or a run directory")
     parser.add_argument("--steps", type=int, default=10,
@@ -44,22 +49,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed warm-up steps, the first reported alone (compile happens there)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--save", metavar="PATH", help="also write the results to PATH as one JSON object")
     args = parser.parse_args()
-    if args.kind != "all":
-        result = run_one(args.kind, args.overrides, args.steps, args.warmup)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print_table(result)
-        return
-    results = {}
-    for name, result in run_suite(args.overrides, args.steps, args.warmup):
-        results[name] = result
+    if args.kind not in SUITES:
+        results = run_one(args.kind, args.overrides, args.steps, args.warmup)
         if not args.json:
-            print(f"\n== {name}")
-            print_table(result)
+            print_table(results)
+    else:
+        results = {}
+        for name, result in run_suite(SUITES[args.kind], args.overrides, args.steps, args.warmup):
+            results[name] = result
+            if not args.json:
+                print(f"\n== {name}")
+                print_table(result)
     if args.json:
         print(json.dumps(results))
+    if args.save:
+        Path(args.save).write_text(json.dumps(results, indent=2) + "\n")
+    failed = [name for name, result in results.items() if "error" in result] if args.kind in SUITES else []
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 
 from llm.bench.peak import device_peak
 from llm.config import compose_run, derived
+from llm.model import attention
 from llm.train import build
 from llm.train import runtime as runtimes
 from llm.train.step import train_step
@@ -73,6 +74,7 @@ def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
         "steps": steps,
         "device": runtime.describe(),
         "compile": bool(cfg.train.compile),
+        "attention": attention.active_backend(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_device_memory_mb": runtime.peak_memory_bytes() / 2**20,
         "depth": plan.shape.depth,
