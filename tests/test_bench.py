@@ -36,7 +36,8 @@ def test_tokenizer_reports_training_and_encoding_rates(llm_home):
 
 
 def test_all_runs_each_benchmark_in_its_own_process_and_prints_one_json_object(llm_home, monkeypatch, capsys):
-    monkeypatch.setitem(suite.SUITES, "all", {"train_a": ("train", TINY_RUN), "train_b": ("train", TINY_RUN)})
+    monkeypatch.setitem(suite.SUITES, "all", {"train_a": suite.Benchmark("train", TINY_RUN),
+                                                  "train_b": suite.Benchmark("train", TINY_RUN)})
     monkeypatch.setattr(sys, "argv", ["llm.bench", "all", "--steps", "1", "--warmup", "1", "--json"])
     bench_cli.main()
     result = json.loads(capsys.readouterr().out)
@@ -46,7 +47,8 @@ def test_all_runs_each_benchmark_in_its_own_process_and_prints_one_json_object(l
 
 def test_a_failing_benchmark_is_reported_in_its_place_and_the_rest_still_run(llm_home, monkeypatch, capsys, tmp_path):
     broken = [*TINY_RUN, "attention=fa3"]  # FA3 cannot load on a CPU
-    monkeypatch.setitem(suite.SUITES, "gpu", {"broken": ("train", broken), "fine": ("train", TINY_RUN)})
+    monkeypatch.setitem(suite.SUITES, "gpu", {"broken": suite.Benchmark("train", broken),
+                                                  "fine": suite.Benchmark("train", TINY_RUN)})
     saved = tmp_path / "results.json"
     monkeypatch.setattr(sys, "argv", ["llm.bench", "gpu", "--steps", "1", "--warmup", "1", "--json", "--save", str(saved)])
     with pytest.raises(SystemExit, match="failed: broken"):
@@ -58,7 +60,7 @@ def test_a_failing_benchmark_is_reported_in_its_place_and_the_rest_still_run(llm
 
 def test_the_gpu_suite_measures_both_backends_at_d12_and_d20():
     assert set(suite.GPU_SUITE) == {"train_d12_fa3", "train_d12_sdpa", "train_d20_fa3", "train_d20_sdpa"}
-    for kind, overrides in suite.GPU_SUITE.values():
+    for kind, overrides, _ in suite.GPU_SUITE.values():
         assert kind == "train" and {"device=cuda", "dtype=bfloat16", "train.compile=true"} <= set(overrides)
         plan = derived.plan(compose_run(overrides), world_size=1)
         assert plan.shape.sequence_len == 2048 and plan.grad_accum_steps == 8

@@ -9,7 +9,7 @@ import torch
 from llm.config.schema import OptimConfig
 from llm.optim import (DistMuonAdamW, MuonAdamW, apply_schedules, build_optimizer, lr_multiplier,
                        muon_momentum, weight_decay_at)
-from llm.optim.muon_adamw import polar_express
+from llm.optim.muon_adamw import adamw_update, as_scalar, fused_adamw_update, polar_express
 
 # Amsel et al., "The Polar Express" (arXiv:2505.16932): 5 iterations, safety 2e-2, cushion 2.
 PAPER_COEFFICIENTS = [
@@ -115,7 +115,23 @@ def test_adamw_matches_plain_implementation_over_steps():
     assert torch.equal(unused, unused_before) and not optimizer.state[unused]
 
 
-@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (24, 24)])
+def test_fused_adamw_kernel_is_the_adamw_formula():
+    # The eager optimizer runs PyTorch's fused kernel; the compiled one runs adamw_update's formula.
+    gen = torch.Generator().manual_seed(2)
+    start = torch.randn(64, 48, generator=gen)
+    fused = [start.clone(), torch.zeros(64, 48), torch.zeros(64, 48)]  # param, exp_avg, exp_avg_sq
+    formula = [start.clone(), torch.zeros(64, 48), torch.zeros(64, 48)]
+    for step in range(1, 6):
+        grad = torch.randn(64, 48, generator=gen)
+        hyper = [as_scalar(v) for v in (step, 0.01 * step, 0.8, 0.95, 1e-10, 0.1)]  # step, lr, betas, eps, wd
+        fused_adamw_update(fused[0], grad, *fused[1:], *hyper)
+        adamw_update(formula[0], grad, *formula[1:], *hyper)
+    assert (fused[0] - start).abs().min() > 0  # every weight moved
+    for a, b in zip(fused, formula):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 16), (16, 48)])
 def test_polar_express_matches_plain_iteration_and_orthogonalises(shape):
     gen = torch.Generator().manual_seed(2)
     # Singular values spread over two and a half decades, which the iteration must bring close to 1.
