@@ -62,10 +62,11 @@ class Conversation:
                 shown = text
         text = self.tokenizer.decode([t for t in answer if t not in self.engine.stop_tokens])
         out.write(text[len(shown):] + "\n")
-        assistant_end = self.special("<|assistant_end|>")
-        if not answer or answer[-1] != assistant_end:
-            # The next turn must see a closed answer even if this one ran out of tokens.
-            answer.append(assistant_end)
+        # The history keeps every answer closed by <|assistant_end|>: in place of another stop token
+        # (such as <|bos|>), or after the last token of an answer that ran out of room.
+        if answer and answer[-1] in self.engine.stop_tokens:
+            answer.pop()
+        answer.append(self.special("<|assistant_end|>"))
         self.tokens = prompt + answer
 
 
@@ -73,7 +74,7 @@ def interactive(conversation: Conversation) -> None:
     print("Chat: 'clear' starts a new conversation, 'quit' or 'exit' leaves.")
     while True:
         try:
-            message = input("\nUser: ").strip()
+            message = input("\nyou> ").strip()
         except (EOFError, KeyboardInterrupt):
             print()
             return
@@ -81,11 +82,11 @@ def interactive(conversation: Conversation) -> None:
             return
         if message.lower() == "clear":
             conversation.clear()
-            print("Conversation cleared.")
+            print("(history cleared: a new conversation starts)")
             continue
         if not message:
             continue
-        print("\nAssistant: ", end="", flush=True)
+        print("\nmodel> ", end="", flush=True)
         try:
             conversation.reply(message, sys.stdout)
         except ChatError as error:

@@ -60,10 +60,10 @@ def test_conversation_on_stdin_keeps_history_until_cleared(trained_run, expected
     assert result.returncode == 0, result.stderr
     first, second = expected_replies("hello", "how are you")
     fresh = expected_replies("how are you")[0]
-    turns = result.stdout.split("Assistant: ")[1:]
+    turns = result.stdout.split("model> ")[1:]
     assert len(turns) == 3
     assert turns[0].startswith(first + "\n") and turns[1].startswith(second + "\n")
-    assert "Conversation cleared." in turns[1] and turns[2].startswith(fresh + "\n")
+    assert "history cleared" in turns[1] and turns[2].startswith(fresh + "\n")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -116,3 +116,13 @@ def test_history_is_rendered_in_the_chat_format():
     with pytest.raises(ChatError, match="context is 128"):
         conversation.reply("x" * 200, out)
     assert conversation.tokens == turns_before  # a turn that does not fit leaves the history alone
+
+
+def test_an_answer_stopped_by_bos_is_closed_with_assistant_end_in_the_history():
+    tokenizer = byte_tokenizer()
+    assistant_end = tokenizer.encode_special("<|assistant_end|>")
+    engine = RecordingEngine(ScriptedModel([[*b"ok", tokenizer.bos_id]], 0), tokenizer)
+    conversation = Conversation(engine, dict(max_tokens=8, temperature=0.0))
+    conversation.reply("hi", io.StringIO())
+    assert conversation.tokens[-3:] == [*b"ok", assistant_end]
+    assert conversation.tokens.count(tokenizer.bos_id) == 1  # only the one that opens the conversation

@@ -133,7 +133,8 @@ class Engine:
                 token = row.forced.popleft() if forced else sampled_token
                 column.append(token)
                 mask.append(0 if forced else 1)
-                self._advance(row, token)
+                if not row.completed:  # a finished row's tokens are filler: no tool calls, no state
+                    self._advance(row, token)
             yield column, mask
             generated += 1
             cached = len(tokens) + generated - 1  # positions in the cache; the newest tokens are not yet in
