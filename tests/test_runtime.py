@@ -10,11 +10,17 @@ from llm.device import fast_bf16_matmul
 from llm.train import runtime as runtimes
 
 
-def test_auto_is_bf16_exactly_where_bf16_matmuls_are_fast():
-    expected = torch.bfloat16 if fast_bf16_matmul("cpu") else torch.float32
-    assert runtimes.start("cpu", "auto", 0).compute_dtype == expected
+@pytest.mark.parametrize("fast", [True, False], ids=["bf16_units", "no_bf16_units"])
+def test_auto_is_bf16_exactly_where_bf16_matmuls_are_fast(monkeypatch, fast):
+    monkeypatch.setattr(runtimes, "fast_bf16_matmul", lambda device_type: fast)
+    assert runtimes.start("cpu", "auto", 0).compute_dtype == (torch.bfloat16 if fast else torch.float32)
     assert runtimes.start("cpu", "float32", 0).compute_dtype == torch.float32
     assert runtimes.start("cpu", "bfloat16", 0).compute_dtype == torch.bfloat16
+
+
+def test_this_machines_measurement_decides_auto():
+    expected = torch.bfloat16 if fast_bf16_matmul("cpu") else torch.float32
+    assert runtimes.start("cpu", "auto", 0).compute_dtype == expected
 
 
 # torch's own default counts as unset: importing torch._dynamo writes it into the environment.

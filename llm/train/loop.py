@@ -103,7 +103,7 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
         say(f"resuming from {resume_from} (step {state.step})")
     resumed_at = state.step
     if runtime.is_master:
-        run.record_launch(resumed_at, runtime.world_size, str(runtime.compute_dtype).removeprefix("torch."))
+        run.record_launch(resumed_at, runtime.world_size, runtime.dtype_name)
 
     step_model = torch.compile(model, dynamic=False) if cfg.train.compile else model
     tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, cfg.run_name, run.path, config,

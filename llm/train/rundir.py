@@ -102,8 +102,7 @@ class RunDir:
             array = (scheduler.get("slurm_array_job_id"), scheduler.get("slurm_array_task_id"))
             scheduler["slurm_job"] = "_".join(array) if all(array) else scheduler["slurm_job_id"]
         record = {"time": time.time(), "host": socket.gethostname(), "start_step": start_step,
-                  "world_size": world_size,
-                  "compute_dtype": compute_dtype, **scheduler}
+                  "world_size": world_size, "compute_dtype": compute_dtype, **scheduler}
         with open(self.path / "launches.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from llm.config.derived import ConfigError
 from llm.data.paths import base_dir
@@ -35,6 +34,11 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def dtype_name(self) -> str:
+        """The compute dtype as configs spell it: float32 or bfloat16."""
+        return str(self.compute_dtype).removeprefix("torch.")
+
     def autocast(self):
         if self.compute_dtype == torch.float32:
             return nullcontext()
@@ -53,7 +57,7 @@ class Runtime:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        return f"{name} × {self.world_size}, {str(self.compute_dtype).removeprefix('torch.')}"
+        return f"{name} × {self.world_size}, {self.dtype_name}"
 
 
 def _rank_environment() -> tuple[int, int, int]:
@@ -116,6 +120,8 @@ def _persist_compile_cache(data_home: str | None) -> None:
     Inductor reads the variable whenever it opens its cache, so setting it before the first compile
     is enough.
     """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # ~2 s to import: only when starting
+
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base_dir(data_home) / "torchinductor")
@@ -138,7 +144,18 @@ def start(device: str, dtype: str, seed: int, data_home: str | None = None) -> R
     if target.type == "cuda":
         torch.set_float32_matmul_precision("high")  # tf32 for the few fp32 matmuls left
     torch.manual_seed(seed)
-    return Runtime(target, rank, local_rank, world_size, _pick_dtype(dtype, target))
+    compute_dtype = _pick_dtype(dtype, target)
+    if world_size > 1:
+        compute_dtype = _rank_zeros_choice(compute_dtype, target)
+    return Runtime(target, rank, local_rank, world_size, compute_dtype)
+
+
+def _rank_zeros_choice(compute_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Rank 0's dtype for every rank: dtype=auto is measured in each process, and ranks that
+    autocast differently would not be training one model."""
+    is_bf16 = torch.tensor([int(compute_dtype == torch.bfloat16)], device=device)
+    dist.broadcast(is_bf16, src=0)
+    return torch.bfloat16 if is_bf16.item() else torch.float32
 
 
 def stop(runtime: Runtime) -> None:
