@@ -431,6 +431,21 @@ def test_cli_isoflop_json(results_csv, tmp_path):
     assert human.returncode == 0 and "N_opt ∝ C^a" in human.stdout
 
 
+def test_cli_isoflop_fallback_takes_the_best_run_where_the_vertex_is_outside(tmp_path):
+    runs = isoflop_grid()
+    smallest = runs["flops_budget"].min()
+    # At the smallest budget keep only models above the optimum: loss rises across them.
+    runs = runs[(runs["flops_budget"] != smallest) | (runs.index % 7 >= 4)]
+    path = tmp_path / "one_sided.csv"
+    runs.to_csv(path, index=False)
+    strict = json.loads(run_cli("isoflop", path, "--json").stdout)
+    fallback = json.loads(run_cli("isoflop", path, "--json", "--fallback", "raw_min").stdout)
+    methods = {mode: [budget["method"] for budget in result["budgets"] if budget["flops"] == smallest]
+               for mode, result in (("strict", strict), ("fallback", fallback))}
+    assert methods == {"strict": ["parabola"], "fallback": ["raw_min"]}
+    assert [b["extrapolated"] for b in strict["budgets"] if b["flops"] == smallest] == [True]
+
+
 def test_cli_parametric_json(results_csv):
     result = run_cli("parametric", results_csv, "--n-boot", "10", "--json")
     assert result.returncode == 0, result.stderr
@@ -472,14 +487,15 @@ def test_cli_plan_prints_a_runnable_command(results_csv):
 
 
 def test_cli_plan_uses_the_exact_counts_and_train_agrees(llm_home):
-    plan = json.loads(run_cli("plan", "--flops", "1e19", "--json").stdout)
+    # A GPU-hours budget is not a round number: the command must carry it exactly.
+    plan = json.loads(run_cli("plan", "--gpu-hours", "24", "--gpu", "H100", "--json").stdout)
     assert plan["params"] == derived.plan(compose_run([f"model.depth={plan['depth']}"])).scaling_params
     arguments = plan["command"].split()[2:]
     dry_run = subprocess.run([sys.executable, "train.py", *arguments, "dry_run=true"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=300, env={**os.environ, "LLM_HOME": str(llm_home)})
     assert dry_run.returncode == 0, dry_run.stderr
     iterations = re.search(r"^num_iterations\s+([\d,]+)", dry_run.stdout, re.MULTILINE).group(1)
-    assert abs(int(iterations.replace(",", "")) - plan["iterations"]) <= 1
+    assert int(iterations.replace(",", "")) == plan["iterations"]
     approximate = json.loads(run_cli("plan", "--flops", "1e19", "--json", "--params-for-depth",
                                      "llm.analysis.planner:approximate_scaling_params").stdout)
     assert approximate["tokens"] == pytest.approx(1e19 / (6 * approximate["params"]), rel=1e-3)  # 6N per token

@@ -1,6 +1,6 @@
 """Command line for the scaling-law analysis.
 
-    python -m llm.analysis isoflop results.csv [more.csv ...] [--json] [--plot isoflop.png]
+    python -m llm.analysis isoflop results.csv [more.csv ...] [--fallback raw_min] [--json] [--plot isoflop.png]
     python -m llm.analysis parametric results.csv [--n-boot 100] [--json] [--plot frontier.png]
     python -m llm.analysis plan --flops 1e19 [--table results.csv] [--json]
     python -m llm.analysis plan --gpu-hours 24 --gpu H100 --mfu 0.4
@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from llm.analysis.conventions import DEFAULT_PARAMS_CONVENTION, FLOPS_CONVENTIONS, PARAMS_CONVENTIONS
-from llm.analysis.isoflop import fit_isoflop
+from llm.analysis.isoflop import FALLBACKS, fit_isoflop
 from llm.analysis.parametric import CHINCHILLA_LAW, fit_parametric
 from llm.analysis.planner import DEFAULT_TOTAL_BATCH_SIZE, flops_from_gpu_hours, plan_run
 from llm.analysis.table import load_table
@@ -63,7 +63,8 @@ def size_hooks(args):
 
 def run_isoflop(args) -> dict:
     runs = load_runs(args.tables, args)
-    fit = fit_isoflop(runs, flops_col=args.flops_col, flops_convention=args.flops_convention, **column_options(args))
+    fit = fit_isoflop(runs, flops_col=args.flops_col, flops_convention=args.flops_convention, fallback=args.fallback,
+                      **column_options(args))
     if args.plot:
         from llm.analysis.plots import plot_isoflop
 
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     isoflop.add_argument("--flops-col", default="flops_budget")
     isoflop.add_argument("--flops-convention", default="model", choices=FLOPS_CONVENTIONS,
                          help="model: read D off the runs; 6ND: D = C / (6 N)")
+    isoflop.add_argument("--fallback", choices=[name for name in FALLBACKS if name],
+                         help="raw_min: a budget without a parabola minimum in its sizes takes its best run "
+                              "(default: such budgets are skipped)")
     isoflop.add_argument("--plot", help="save the IsoFLOP profiles to this PNG")
     isoflop.set_defaults(handler=run_isoflop)
 

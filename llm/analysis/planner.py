@@ -67,7 +67,7 @@ class RunPlan:
     @property
     def command(self) -> str:
         # model.depth rather than model=d<depth>: conf/model has files for a few depths only.
-        command = f"python train.py model.depth={self.depth} budget=flops budget.target_flops={self.flops:.3g}"
+        command = f"python train.py model.depth={self.depth} budget=flops budget.target_flops={self.flops!r}"
         if self.total_batch_size != DEFAULT_TOTAL_BATCH_SIZE:
             command += f" train.total_batch_size={self.total_batch_size}"
         return command

@@ -22,7 +22,8 @@ from llm.analysis.parametric import ParametricFit  # noqa: E402
 
 
 def budget_colours(count: int):
-    return plt.cm.viridis(np.linspace(0, 0.9, count))
+    """One colour per budget, dark (small) to bright (large), skipping the palest end."""
+    return plt.get_cmap("plasma")(np.arange(count) / (count + 1))
 
 
 def finish(fig: Figure, path) -> Figure:
@@ -49,9 +50,10 @@ def plot_isoflop(fit: IsoFlopFit, *, path=None) -> Figure:
         if flops not in optima.index:
             continue
         optimum = optima.loc[flops]
-        log_params = np.log10(runs["params"])
-        x = np.linspace(log_params.min() - 0.1, log_params.max() + 0.1, 100)
-        ax.plot(10**x, optimum["curvature"] * x**2 + optimum["slope"] * x + optimum["intercept"],
+        # The parabola over the sampled sizes and a quarter beyond them each way.
+        sizes = np.geomspace(runs["params"].min() / 1.25, runs["params"].max() * 1.25, 80)
+        x = np.log10(sizes)
+        ax.plot(sizes, optimum["curvature"] * x**2 + optimum["slope"] * x + optimum["intercept"],
                 "--", color=colour)
         ax.plot(optimum["params_opt"], optimum["loss_opt"], OPTIMUM_MARKERS[optimum["method"]], color=colour,
                 markersize=15 if optimum["method"] == "parabola" else 10, markeredgecolor="black")
@@ -86,7 +88,7 @@ def plot_optimal_scaling(fit: IsoFlopFit, parametric: ParametricFit | None = Non
     given, the parametric law's allocation with its bootstrap band (Approach 3)."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     flops = fit.budgets["flops"]
-    grid = np.logspace(np.log10(flops.min()) - 0.5, np.log10(flops.max()) + 0.5, 100)
+    grid = np.geomspace(flops.min() / 3, flops.max() * 3, 100)  # the budgets, and half a decade beyond
     band = parametric.allocation_band(grid) if parametric is not None and len(parametric.bootstrap) else None
     if parametric is not None:
         predicted = dict(zip(["params", "tokens"], parametric.law.optimal_allocation(grid)))
@@ -120,7 +122,7 @@ def plot_loss_frontier(fit: ParametricFit, *, path=None) -> Figure:
     points = fit.points
     compute = 6 * points["params"] * points["tokens"]
     frontier_ax.plot(compute, points["loss"], "o", alpha=0.7, label="runs")
-    grid = np.logspace(np.log10(compute.min()), np.log10(compute.max()), 100)
+    grid = np.geomspace(compute.min(), compute.max(), 100)
     params_opt, tokens_opt = (on_log_axis(values) for values in fit.law.optimal_allocation(grid))
     frontier = fit.law.loss(params_opt, tokens_opt)
     legend = "L(N_opt(C), D_opt(C))" if np.isfinite(frontier).any() else "no frontier: N_opt is 0 or infinite"
