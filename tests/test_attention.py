@@ -154,8 +154,18 @@ def fake_gpu(monkeypatch, capability):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
 
 
-def fake_kernels_package(monkeypatch, get_kernel):
+def fake_hopper_with_kernels(monkeypatch, get_kernel):
+    """A Hopper GPU, and a `kernels` package whose get_kernel is the given function."""
+    fake_gpu(monkeypatch, (9, 0))
     monkeypatch.setitem(sys.modules, "kernels", types.SimpleNamespace(get_kernel=get_kernel))
+
+
+def raising(error: Exception):
+    """A get_kernel that fails with `error`."""
+    def get_kernel(*args, **kwargs):
+        raise error
+
+    return get_kernel
 
 
 def test_unknown_backend_is_rejected(fresh_backend):
@@ -176,12 +186,7 @@ def test_fa3_on_a_pre_hopper_gpu_is_a_clear_error(fresh_backend, monkeypatch):
 
 
 def test_auto_falls_back_to_sdpa_and_warns_once(fresh_backend, monkeypatch):
-    fake_gpu(monkeypatch, (9, 0))
-
-    def kernel_not_cached(*args, **kwargs):
-        raise FileNotFoundError("no local snapshot")
-
-    fake_kernels_package(monkeypatch, kernel_not_cached)
+    fake_hopper_with_kernels(monkeypatch, raising(FileNotFoundError("no local snapshot")))
     q, k, v = random_qkv(1, 4, 2, 2, 8, torch.float32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -207,18 +212,12 @@ def test_auto_on_cpu_uses_sdpa_with_one_warning(fresh_backend):
 
 
 def test_programming_errors_from_kernels_are_not_swallowed(fresh_backend, monkeypatch):
-    fake_gpu(monkeypatch, (9, 0))
-
-    def get_kernel(*args, **kwargs):
-        raise ValueError("A kernel version or revision must be specified.")
-
-    fake_kernels_package(monkeypatch, get_kernel)
+    fake_hopper_with_kernels(monkeypatch, raising(ValueError("A kernel version or revision must be specified.")))
     with pytest.raises(ValueError, match="version or revision"):
         attention.set_backend("auto")
 
 
 def test_loaded_fa3_receives_both_calls(fresh_backend, monkeypatch):
-    fake_gpu(monkeypatch, (9, 0))
     calls = []
 
     def record(name):
@@ -235,7 +234,7 @@ def test_loaded_fa3_receives_both_calls(fresh_backend, monkeypatch):
         loads.append((repo, kwargs))
         return types.SimpleNamespace(flash_attn_interface=interface)
 
-    fake_kernels_package(monkeypatch, get_kernel)
+    fake_hopper_with_kernels(monkeypatch, get_kernel)
     attention.set_backend("fa3")
     assert attention.active_backend() == "fa3"
     pinned = {"revision": attention.FA3_REVISION, "trust_remote_code": [attention.FA3_REPO]}
