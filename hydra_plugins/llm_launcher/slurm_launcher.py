@@ -25,6 +25,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
+from llm.train.rundir import RunDir
+
 log = logging.getLogger(__name__)
 
 SUBMISSIONS_FILE = "submissions.jsonl"
@@ -53,8 +55,8 @@ class SweepSlurmLauncher(SlurmLauncher):
         jobs, skipped = [], []
         for num, overrides in enumerate(job_overrides, start=initial_job_idx):
             run_dir = self._run_dir(overrides)
-            summary = run_dir / "summary.json"
-            if summary.exists() and json.loads(summary.read_text()).get("status") == "done":
+            summary = RunDir(run_dir).read_summary()
+            if summary is not None and summary.get("status") == "done":
                 skipped.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
                                          _return_value=None, working_dir=str(run_dir)))
                 continue

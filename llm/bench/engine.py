@@ -33,7 +33,7 @@ def _load(target: str | Path | list[str], device: str):
         model, tokenizer, _ = load_model(target, runtime.device)
         return runtime, model, tokenizer, str(target)
     cfg = compose_run(target)
-    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed)
+    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
     plan = derived.plan(cfg, runtime.world_size)
     model = build.model(plan.shape, cfg.attention, runtime)
     model.eval()

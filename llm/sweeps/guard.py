@@ -15,6 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from llm.train.rundir import write_atomic
+
 GRID_FILE = "grid.json"
 # Overrides that say where or how to run a grid, not what is in it.
 NOT_PART_OF_THE_GRID = ("sweep_label", "sweeps_root", "dry_run", "hydra.", "hydra/")
@@ -49,4 +51,4 @@ class SweepGuard(Callback):
                         "use another sweep_label, or delete that directory to start over")
             return
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        grid_path.write_text(json.dumps(jobs, indent=1))
+        write_atomic(grid_path, json.dumps(jobs, indent=1))

@@ -1,6 +1,5 @@
 """A sweep at a glance: where each run is, how it is doing, when it will be done; loss curves."""
 
-import json
 import math
 from pathlib import Path
 
@@ -10,13 +9,7 @@ matplotlib.use("Agg")  # status is run from shells without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from llm.sweeps.collect import collect  # noqa: E402
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+from llm.train.rundir import RunDir  # noqa: E402
 
 
 def _cell(value, fmt: str) -> str:
@@ -29,7 +22,7 @@ def status_table(sweep_dir: Path) -> str:
     lines = [header, "-" * len(header)]
     for row in table.itertuples():
         run_dir = Path(row.run_dir)
-        records = _metrics(run_dir)
+        records = RunDir(run_dir).read_metrics()
         trained = [r for r in records if "loss" in r]
         last = trained[-1] if trained else {}
         step, total = row.step, row.num_iterations
@@ -47,7 +40,7 @@ def plot_losses(sweep_dir: Path, path: Path) -> Path:
     """Training loss and validation bpb against step, one line per run."""
     figure, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run_dir in collect(sweep_dir).run_dir:
-        records = _metrics(Path(run_dir))
+        records = RunDir(run_dir).read_metrics()
         label = Path(run_dir).name
         trained = [r for r in records if "loss" in r]
         if trained:
