@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from llm.inference.calculator import calculate
 from llm.model.gpt import ROTARY_LENGTH_FACTOR
@@ -25,15 +24,15 @@ from llm.model.kv_cache import KVCache
 
 def sample_next_token(logits: torch.Tensor, generator: torch.Generator, temperature: float,
                       top_k: int | None) -> torch.Tensor:
-    """One token per row of (B, vocab) logits, as (B, 1): argmax at temperature 0, else sampled."""
+    """One token per row of (B, vocab) logits, as (B, 1): the argmax at temperature 0, else a draw
+    from softmax(logits / temperature), with every token outside the row's top_k masked out."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    if top_k is not None and top_k > 0:
-        values, indices = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)
-        probs = F.softmax(values / temperature, dim=-1)
-        return indices.gather(1, torch.multinomial(probs, num_samples=1, generator=generator))
-    probs = F.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    scaled = logits / temperature
+    if top_k is not None and 0 < top_k < scaled.size(-1):
+        kept = scaled.topk(top_k, dim=-1)  # exactly k per row, ties included or not as topk decides
+        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, kept.indices, kept.values)
+    return torch.multinomial(scaled.softmax(dim=-1), num_samples=1, generator=generator)
 
 
 def cache_dtype(model: torch.nn.Module) -> torch.dtype:
