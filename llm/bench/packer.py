@@ -13,11 +13,10 @@ import time
 import numpy as np
 
 from llm.config import compose_run
-from llm.data.corpus import ensure_embedded_corpus
 from llm.data.loader import BestFitPacker, StreamPacker, TokenizedDoc, tokenize
 from llm.data.paths import base_dir
 from llm.data.shards import ShardReader, list_shards, split_shards
-from llm.data.tokenizer import ensure_tokenizer
+from llm.train import build
 
 SEQUENCE_LENS = (512, 2048)
 ROWS_PER_BATCH = 32
@@ -36,12 +35,12 @@ class PretokenizedFeed:
 
 
 def corpus_documents(overrides: list[str], count: int = CORPUS_DOCS) -> tuple[list[TokenizedDoc], dict]:
-    """The first `count` training documents of the embedded corpus, tokenized; and what was used."""
+    """The first `count` training documents of the configured corpus, tokenized; and what was used."""
     cfg = compose_run(overrides)
     base = base_dir(cfg.base_dir)
-    corpus = ensure_embedded_corpus(base)
-    tokenizer = ensure_tokenizer(base, corpus, cfg.data.vocab_size, cfg.data.tokenizer_max_chars)
-    reader = ShardReader(split_shards(list_shards(corpus), "train"))
+    corpus = build.corpus(cfg.data, base)
+    tokenizer = build.tokenizer(cfg.data, corpus, base)
+    reader = ShardReader(split_shards(list_shards(corpus), "train"), cfg.data.text_column)
     texts = list(itertools.islice(reader.iter_texts(), count))
     arrays = tokenize(tokenizer, texts, cfg.dataloader.tokenizer_threads)
     docs = [((0, 0, row), tokens) for row, tokens in enumerate(arrays)]

@@ -1,4 +1,4 @@
-"""Tokenizer throughput on the embedded corpus: training the BPE merges, and encoding documents.
+"""Tokenizer throughput on the configured corpus (the embedded one by default): training the BPE merges, and encoding documents.
 
 Training learns the composed config's vocabulary size from a slice of the training shards, as
 ensure_tokenizer would (each document capped the same way), and is timed once. Encoding uses the
@@ -11,11 +11,11 @@ import itertools
 import time
 
 from llm.config import compose_run
-from llm.data.corpus import ensure_embedded_corpus
 from llm.data.loader import tokenize
 from llm.data.paths import base_dir
 from llm.data.shards import ShardReader, list_shards, split_shards
-from llm.data.tokenizer import DOC_CAP_CHARS, Tokenizer, ensure_tokenizer
+from llm.train import build
+from llm.data.tokenizer import DOC_CAP_CHARS, Tokenizer
 
 TRAIN_CHARS = 5_000_000
 ENCODE_DOCS = 2000
@@ -46,9 +46,9 @@ def _best_seconds(*runs) -> list[float]:
 def benchmark_tokenizer(overrides: list[str], train_chars: int = TRAIN_CHARS, encode_docs: int = ENCODE_DOCS) -> dict:
     cfg = compose_run(overrides)
     base = base_dir(cfg.base_dir)
-    corpus = ensure_embedded_corpus(base)
+    corpus = build.corpus(cfg.data, base)
     vocab_size, threads = cfg.data.vocab_size, cfg.dataloader.tokenizer_threads
-    reader = ShardReader(split_shards(list_shards(corpus), "train"))
+    reader = ShardReader(split_shards(list_shards(corpus), "train"), cfg.data.text_column)
 
     training_texts = _texts_up_to(reader, train_chars)
     trained_chars = sum(map(len, training_texts))
@@ -56,7 +56,7 @@ def benchmark_tokenizer(overrides: list[str], train_chars: int = TRAIN_CHARS, en
     Tokenizer.train(training_texts, vocab_size)
     train_sec = time.perf_counter() - start
 
-    tokenizer = ensure_tokenizer(base, corpus, vocab_size, cfg.data.tokenizer_max_chars)
+    tokenizer = build.tokenizer(cfg.data, corpus, base)
     texts = list(itertools.islice(reader.iter_texts(), encode_docs))
     chars = sum(map(len, texts))
     tokens = sum(map(len, tokenizer.encode(texts, num_threads=threads)))
