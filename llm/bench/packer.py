@@ -1,6 +1,6 @@
 """Packing throughput: how fast each packing turns already-tokenized documents into rows.
 
-Documents are read from the embedded corpus's training shards and tokenized once, before any
+Documents are read from the configured corpus's training shards and tokenized once, before any
 timing, with the tokenizer a run of the composed config would use; tokenizing has its own
 benchmark (llm.bench.tokenizer). The packers are the loader's own, fed these documents in the
 loader's batches, endlessly. The figures are tokens of rows produced per second (a row is
