@@ -53,24 +53,24 @@ def sdpa_backend(fresh_backend):
 # Training path
 
 
+def check_attend_against_naive(dtype, seq_len, n_kv_head, head_dim, left, tolerance):
+    q, k, v = random_qkv(2, seq_len, 4, n_kv_head, head_dim, dtype)
+    y = attend(q, k, v, (left, 0))
+    assert y.shape == q.shape and y.dtype == dtype
+    positions = torch.arange(seq_len).expand(2, seq_len)
+    torch.testing.assert_close(y.double(), naive_attention(q, k, v, positions, left), **tolerance)
+
+
 # T = 16: left 15 still reaches position 0 (plain causal), 14 is the first window that cuts anything.
 @pytest.mark.parametrize("left", [-1, 16, 15, 14, 5, 0])
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
 def test_attend_matches_naive_fp32(sdpa_backend, left, n_kv_head):
-    q, k, v = random_qkv(2, 16, 4, n_kv_head, 8, torch.float32)
-    positions = torch.arange(16).expand(2, 16)
-    y = attend(q, k, v, (left, 0))
-    assert y.shape == q.shape
-    torch.testing.assert_close(y.double(), naive_attention(q, k, v, positions, left), **FP32_TOL)
+    check_attend_against_naive(torch.float32, 16, n_kv_head, 8, left, FP32_TOL)
 
 
 @pytest.mark.parametrize("left", [-1, 6])
 def test_attend_matches_naive_bf16(sdpa_backend, left):
-    q, k, v = random_qkv(2, 32, 4, 2, 16, torch.bfloat16)
-    positions = torch.arange(32).expand(2, 32)
-    y = attend(q, k, v, (left, 0))
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.double(), naive_attention(q, k, v, positions, left), **BF16_TOL)
+    check_attend_against_naive(torch.bfloat16, 32, 2, 16, left, BF16_TOL)
 
 
 @pytest.mark.parametrize("left", [-1, 3])
