@@ -71,13 +71,16 @@ def test_collect_reports_failed_running_and_pending_runs(isoflop_cpu_sweep, tmp_
     runs = sorted(p.parent for p in copy.rglob("summary.json"))
     failed = json.loads((runs[0] / "summary.json").read_text()) | {"status": "failed"}
     (runs[0] / "summary.json").write_text(json.dumps(failed))
-    (runs[1] / "summary.json").unlink()  # started, crashed before training
+    (runs[1] / "summary.json").unlink()  # killed before its first summary (a run older than "starting")
+    (runs[4] / "summary.json").write_text(json.dumps({"status": "starting"}))  # building its data and model
+    (runs[5] / "summary.json").write_text(json.dumps({"status": "failed"}))  # crashed doing so
     (runs[2] / "summary.json").write_text("{\"status\": \"running\", ")  # torn by hand: still a row
     with open(copy / "submissions.jsonl", "a") as f:
         f.write(json.dumps({"run_dir": str(copy / "C1e+10_d9"), "slurm_job_id": "77"}) + "\n")
     statuses = dict(zip(collect(copy).run_dir.map(lambda d: Path(d).name), collect(copy).status))
     assert statuses[runs[0].name] == "failed" and statuses[runs[1].name] == "failed"
     assert statuses[runs[2].name] == "unreadable" and statuses[runs[3].name] == "done"
+    assert statuses[runs[4].name] == "starting" and statuses[runs[5].name] == "failed"
     assert statuses["C1e+10_d9"] == "pending"
 
 

@@ -146,3 +146,13 @@ def test_a_corrupt_checkpoint_is_reported_not_loaded(straight_run, tmp_path, llm
     result = run_train(run, *LONG_RUN, home=llm_home, check=False)
     assert result.returncode == 2 and "is unreadable" in result.stderr and "delete it" in result.stderr
     assert (newest / "model.pt").read_bytes() == b"not a checkpoint"
+    # The restart failed while building: its status says so, and the numbers of the last run remain.
+    assert json.loads((run / "summary.json").read_text()) == summary | {"status": "failed"}
+
+
+def test_a_run_that_fails_while_building_says_failed(tmp_path, llm_home):
+    run = tmp_path / "run"
+    result = run_train(run, *TINY_RUN, "data=parquet", f"data.path={tmp_path / 'no_such_corpus'}", home=llm_home,
+                       check=False)
+    assert result.returncode == 2 and "no_such_corpus" in result.stderr
+    assert json.loads((run / "summary.json").read_text()) == {"status": "failed"}

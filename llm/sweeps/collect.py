@@ -58,6 +58,9 @@ def run_row(run_dir: Path) -> dict:
     except json.JSONDecodeError:  # never written by a run (its writes are atomic), but never fatal here
         row["status"] = "unreadable"
         return row
+    if "params" not in summary:  # starting, or failed while building its data and model
+        row["status"] = summary.get("status", "unreadable")
+        return row
     row.update({column: summary["params"][key] for key, column in PARAM_COLUMNS.items()})
     row.update({key: summary.get(key) for key in ("flops_per_token", "num_iterations", "step", "tokens_trained",
                                                   "val_bpb", "core_score", "train_time_sec", "status")})

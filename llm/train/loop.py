@@ -75,7 +75,17 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
         return finished
     if runtime.is_master:
         run.bind(config, OmegaConf.to_yaml(cfg, resolve=True))
+        run.set_status("starting")  # building data and model; "running" from the first loop pass
+    try:
+        return _build_and_run(cfg, run, runtime, stop, config, say)
+    except BaseException:
+        if runtime.is_master:
+            run.set_status("failed")  # the numbers stay those of the last step that was published
+        raise
 
+
+def _build_and_run(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSignal, config: dict,
+                   say: Callable) -> dict:
     base = base_dir(cfg.base_dir)
     corpus_dir = _master_first(runtime, lambda: build.corpus(cfg.data, base))
     tok = _master_first(runtime, lambda: build.tokenizer(cfg.data, corpus_dir, base))
@@ -174,9 +184,6 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
             state.pending = metrics
             if cfg.train.log_every > 0 and (state.step % cfg.train.log_every == 0 or state.step == 1):
                 say(f"{line} | smooth loss {shown_loss:.4f}")
-    except BaseException:
-        publish("failed")
-        raise
     finally:
         tracker.finish()
 

@@ -112,6 +112,10 @@ class RunDir:
     def write_summary(self, summary: Mapping) -> None:
         write_atomic(self.summary_path, json.dumps(summary, indent=2, default=float))
 
+    def set_status(self, status: str) -> None:
+        """Change only the summary's status, keeping the numbers of the last one written (if any)."""
+        self.write_summary({**(self.read_summary() or {}), "status": status})
+
     def append_metrics(self, record: Mapping) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
