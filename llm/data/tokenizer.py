@@ -16,22 +16,13 @@ import rustbpe
 import tiktoken
 import torch
 
+from llm.data.conversation import ASSISTANT_START, CHAT_TOKENS, conversation_segments, without_last_reply
 from llm.data.paths import exclusive_lock, publish_directory
 from llm.data.shards import ShardReader, list_shards, split_shards
 
 BOS = "<|bos|>"
-# BOS opens every document; the others delimit the turns and tool calls of chat fine-tuning.
-SPECIAL_TOKENS = [
-    BOS,
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",
-    "<|python_start|>",
-    "<|python_end|>",
-    "<|output_start|>",
-    "<|output_end|>",
-]
+# BOS opens every document; the others delimit the turns and tool calls of the chat format.
+SPECIAL_TOKENS = [BOS, *CHAT_TOKENS]
 # GPT-4's split pattern except that numbers split into runs of at most two digits (not three),
 # which spends fewer vocabulary entries on numbers at small vocabulary sizes.
 SPLIT_PATTERN = (
@@ -99,6 +90,26 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.encoding.decode(list(ids))
+
+    def render_conversation(self, conversation: dict, max_tokens: int = 2048) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a chat conversation (format: llm/data/conversation.py), cut to `max_tokens`.
+
+        mask is 1 on the tokens fine-tuning trains on (what the assistant writes) and 0 elsewhere.
+        """
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        ids, mask = [self.bos_id], [0]
+        for segment in conversation_segments(conversation):
+            tokens = [self.encode_special(segment.text)] if segment.special else self.encode(segment.text)
+            ids += tokens
+            mask += [int(segment.supervised)] * len(tokens)
+        return ids[:max_tokens], mask[:max_tokens]
+
+    def render_for_completion(self, conversation: dict) -> list[int]:
+        """The ids that prompt the model for the conversation's final assistant message, without it:
+        the rest rendered (cut to 2048 tokens, as for training), then <|assistant_start|>."""
+        ids, _ = self.render_conversation(without_last_reply(conversation))
+        return ids + [self.encode_special(ASSISTANT_START)]
 
     def _token_id(self, token: int | str) -> int:
         return token if isinstance(token, int) else self.encode_special(token)
