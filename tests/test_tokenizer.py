@@ -1,10 +1,17 @@
 """The BPE tokenizer: training, encoding, special tokens, token byte lengths, saving, caching."""
 
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
+from llm.config import compose_run
 from llm.data.corpus import build_corpus, read_source, stdlib_sources
-from llm.data.tokenizer import BOS, SPECIAL_TOKENS, Tokenizer, ensure_tokenizer, token_bytes, tokenizer_dir
+from llm.data.tokenizer import (BOS, SHARD_HASHES_FILE, SPECIAL_TOKENS, Tokenizer, ensure_tokenizer, token_bytes,
+                                tokenizer_dir)
+from llm.train import build
 
 VOCAB = 600
 SAMPLE = "Hello world! Numbers: 123, 4567, 89.\nContractions: I'm, you're.\nUnicode: naïve 你好 🌍\n"
@@ -89,13 +96,76 @@ def test_ensure_tokenizer_trains_once_on_train_shards(tmp_path, capsys):
     corpus = tmp_path / "data" / "mini"
     build_corpus(stdlib_sources()[:30], corpus, docs_per_shard=100)
     capsys.readouterr()
-    first = ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=200_000)
+    first = ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=200_000, text_column="text")
     out = capsys.readouterr().out
-    assert "training" in out and "characters" in out
-    directory = tokenizer_dir(tmp_path, corpus, VOCAB)
-    assert directory == tmp_path / "tokenizers" / f"mini-{VOCAB}" and directory.is_dir()
-    second = ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=200_000)
-    assert "training" not in capsys.readouterr().out
+    assert "hashing" in out and "training" in out and "characters" in out
+    directory = tokenizer_dir(tmp_path, corpus, VOCAB, max_chars=200_000, text_column="text")
+    assert directory.parent == tmp_path / "tokenizers" and directory.name.startswith(f"mini-{VOCAB}-")
+    assert directory.is_dir()
+    second = ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=200_000, text_column="text")
+    out = capsys.readouterr().out
+    assert "training" not in out and "hashing" not in out  # both the shard hashes and the merges are cached
     assert second.mergeable_ranks == first.mergeable_ranks
     with pytest.raises(ValueError, match="max_chars must be positive"):
-        ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=0)
+        ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=0, text_column="text")
+
+
+def write_shards(directory, columns: dict[str, list[str]], num_shards: int = 3):
+    """A plain parquet corpus (no manifest) with these columns, rows dealt round-robin over the shards."""
+    directory.mkdir(parents=True)
+    for shard in range(num_shards):
+        table = pa.table({name: values[shard::num_shards] for name, values in columns.items()})
+        pq.write_table(table, directory / f"part_{shard}.parquet")
+
+
+def test_tokenizer_trains_on_the_configured_text_column(tmp_path, texts):
+    # The "text" column holds the same documents upper-cased: a tokenizer learned from it would
+    # compress upper-case text best, one learned from "body" lower-case text.
+    corpus = tmp_path / "corpus"
+    write_shards(corpus, {"text": [text.upper() for text in texts], "body": texts})
+    cfg = compose_run(["data=parquet", f"data.path={corpus}", "data.text_column=body", f"data.vocab_size={VOCAB}",
+                       "data.tokenizer_max_chars=10000000"])
+    tokenizer = build.tokenizer(cfg.data, build.corpus(cfg.data, tmp_path), tmp_path)
+    sample = texts[-1]  # in the validation shard, which tokenizer training never reads
+    assert len(tokenizer.encode(sample)) < 0.8 * len(tokenizer.encode(sample.upper()))
+    on_text = ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=10_000_000, text_column="text")
+    assert len(on_text.encode(sample.upper())) < 0.8 * len(on_text.encode(sample))
+
+
+def test_same_named_folders_with_different_content_get_different_tokenizers(tmp_path, texts):
+    first, second = tmp_path / "a" / "corpus", tmp_path / "b" / "corpus"
+    write_shards(first, {"text": texts})
+    write_shards(second, {"text": [text.upper() for text in texts]})
+    options = dict(vocab_size=VOCAB, max_chars=10_000_000, text_column="text")
+    assert tokenizer_dir(tmp_path, first, **options) != tokenizer_dir(tmp_path, second, **options)
+    lower, upper = ensure_tokenizer(tmp_path, first, **options), ensure_tokenizer(tmp_path, second, **options)
+    assert lower.mergeable_ranks != upper.mergeable_ranks
+    sample = texts[0]
+    assert len(lower.encode(sample)) < 0.8 * len(upper.encode(sample))
+    # What decides the merges is the training shards' content, the column and the budget: a copy
+    # elsewhere under another name with another validation shard trains the same tokenizer ...
+    copy = tmp_path / "elsewhere" / "corpus"
+    copy.mkdir(parents=True)
+    for index, shard in enumerate(sorted(first.iterdir())[:-1]):
+        (copy / f"shard_{index}.parquet").write_bytes(shard.read_bytes())
+    pq.write_table(pa.table({"text": ["another validation document"]}), copy / "shard_9.parquet")
+    assert tokenizer_dir(tmp_path, copy, **options) == tokenizer_dir(tmp_path, first, **options)
+    # ... and another budget or column does not.
+    assert tokenizer_dir(tmp_path, first, **{**options, "max_chars": 5_000_000}) != tokenizer_dir(tmp_path, first, **options)
+    assert tokenizer_dir(tmp_path, first, **{**options, "text_column": "body"}) != tokenizer_dir(tmp_path, first, **options)
+
+
+def test_a_shard_rewritten_in_place_is_hashed_again(tmp_path, texts):
+    corpus = tmp_path / "corpus"
+    write_shards(corpus, {"text": texts})
+    options = dict(vocab_size=VOCAB, max_chars=10_000_000, text_column="text")
+    before = tokenizer_dir(tmp_path, corpus, **options)
+    shard = sorted(corpus.iterdir())[0]
+    pq.write_table(pa.table({"text": [text.upper() for text in texts[0::3]]}), shard)
+    after = tokenizer_dir(tmp_path, corpus, **options)
+    assert after != before
+    # A damaged hash cache costs only rehashing, and is rewritten whole.
+    cache = tmp_path / "tokenizers" / SHARD_HASHES_FILE
+    cache.write_text("{not json")
+    assert tokenizer_dir(tmp_path, corpus, **options) == after
+    assert len(json.loads(cache.read_text())) == 2  # the two training shards

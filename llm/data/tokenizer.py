@@ -5,6 +5,7 @@ merges fill ids 0 .. V-10 and the nine special tokens the chat format needs take
 """
 
 import base64
+import hashlib
 import json
 import os
 import time
@@ -15,22 +16,13 @@ import rustbpe
 import tiktoken
 import torch
 
+from llm.data.conversation import ASSISTANT_START, CHAT_TOKENS, conversation_segments, without_last_reply
 from llm.data.paths import exclusive_lock, publish_directory
 from llm.data.shards import ShardReader, list_shards, split_shards
 
 BOS = "<|bos|>"
-# BOS opens every document; the others delimit the turns and tool calls of chat fine-tuning.
-SPECIAL_TOKENS = [
-    BOS,
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",
-    "<|python_start|>",
-    "<|python_end|>",
-    "<|output_start|>",
-    "<|output_end|>",
-]
+# BOS opens every document; the others delimit the turns and tool calls of the chat format.
+SPECIAL_TOKENS = [BOS, *CHAT_TOKENS]
 # GPT-4's split pattern except that numbers split into runs of at most two digits (not three),
 # which spends fewer vocabulary entries on numbers at small vocabulary sizes.
 SPLIT_PATTERN = (
@@ -42,6 +34,7 @@ DOC_CAP_CHARS = 10_000  # tokenizer training sees at most this much of each docu
 DEFAULT_THREADS = min(8, os.cpu_count() or 1)
 MERGES_FILE = "merges.tiktoken"
 CONFIG_FILE = "tokenizer.json"
+SHARD_HASHES_FILE = "shard_hashes.json"  # under <base>/tokenizers, shared by all corpora
 
 
 class Tokenizer:
@@ -97,6 +90,26 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.encoding.decode(list(ids))
+
+    def render_conversation(self, conversation: dict, max_tokens: int = 2048) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a chat conversation (format: llm/data/conversation.py), cut to `max_tokens`.
+
+        mask is 1 on the tokens fine-tuning trains on (what the assistant writes) and 0 elsewhere.
+        """
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        ids, mask = [self.bos_id], [0]
+        for segment in conversation_segments(conversation):
+            tokens = [self.encode_special(segment.text)] if segment.special else self.encode(segment.text)
+            ids += tokens
+            mask += [int(segment.supervised)] * len(tokens)
+        return ids[:max_tokens], mask[:max_tokens]
+
+    def render_for_completion(self, conversation: dict) -> list[int]:
+        """The ids that prompt the model for the conversation's final assistant message, without it:
+        the rest rendered (cut to 2048 tokens, as for training), then <|assistant_start|>."""
+        ids, _ = self.render_conversation(without_last_reply(conversation))
+        return ids + [self.encode_special(ASSISTANT_START)]
 
     def _token_id(self, token: int | str) -> int:
         return token if isinstance(token, int) else self.encode_special(token)
@@ -160,19 +173,56 @@ def _training_texts(corpus_dir: Path, max_chars: int, text_column: str) -> Itera
     print(f"tokenizer: read {chars:,} characters in total ({time.time() - started:.0f}s)")
 
 
-def tokenizer_dir(base: Path, corpus_dir: Path, vocab_size: int) -> Path:
-    return Path(base) / "tokenizers" / f"{Path(corpus_dir).name}-{vocab_size}"
+def _shard_hashes(shards: list[Path], cache_file: Path) -> list[str]:
+    """The sha256 of each shard; a file whose size and mtime are as recorded keeps its recorded hash.
+
+    Hashing a downloaded corpus of many gigabytes takes minutes, so the digests are remembered in
+    `cache_file`, keyed by absolute path. Rewriting a file changes its mtime, so it is hashed again.
+    """
+    with exclusive_lock(cache_file.with_name(f".{cache_file.name}.lock")):
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):  # no cache yet, or a damaged one: it only costs rehashing
+            cache = {}
+        keys = [str(path.resolve()) for path in shards]
+        stats = [[path.stat().st_size, path.stat().st_mtime_ns] for path in shards]
+        stale = [index for index, (key, stat) in enumerate(zip(keys, stats)) if cache.get(key, [])[:2] != stat]
+        if stale:
+            print(f"tokenizer: hashing {len(stale)} shards of {shards[0].parent} (once)")
+            for index in stale:
+                with open(shards[index], "rb") as handle:
+                    cache[keys[index]] = stats[index] + [hashlib.file_digest(handle, "sha256").hexdigest()]
+            staging = cache_file.with_name(f".{cache_file.name}.partial")
+            staging.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            os.replace(staging, cache_file)
+    return [cache[key][2] for key in keys]
 
 
-def ensure_tokenizer(base: Path, corpus_dir: Path, vocab_size: int, max_chars: int,
-                     text_column: str = "text") -> Tokenizer:
-    """The tokenizer for this corpus and vocabulary size, trained on its training shards on first use.
+def tokenizer_dir(base: Path, corpus_dir: Path, vocab_size: int, max_chars: int, text_column: str) -> Path:
+    """Where the tokenizer trained on this corpus's training shards with these settings is cached.
+
+    The name is the corpus folder's (for people) plus a digest of everything that decides the
+    merges: the training shards' contents in order, the text column and the character budget. Two
+    corpora in same-named folders thus get their own tokenizers, while the validation shard, file
+    names and location do not matter.
+    """
+    tokenizers = Path(base) / "tokenizers"
+    shards = split_shards(list_shards(corpus_dir), "train")
+    identity = {"train_shards_sha256": _shard_hashes(shards, tokenizers / SHARD_HASHES_FILE),
+                "text_column": text_column, "max_chars": max_chars}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return tokenizers / f"{Path(corpus_dir).name}-{vocab_size}-{digest}"
+
+
+def ensure_tokenizer(base: Path, corpus_dir: Path, vocab_size: int, max_chars: int, text_column: str) -> Tokenizer:
+    """The tokenizer for this corpus and vocabulary size, trained on the `text_column` of its training
+    shards on first use.
 
     Training reads at most about `max_chars` characters, each document capped at DOC_CAP_CHARS.
     """
     if max_chars <= 0:
         raise ValueError(f"max_chars must be positive, got {max_chars}")
-    target = tokenizer_dir(base, corpus_dir, vocab_size)
+    target = tokenizer_dir(base, corpus_dir, vocab_size, max_chars, text_column)
     with exclusive_lock(target.with_name(f".{target.name}.lock")):
         if not target.exists():
             print(f"tokenizer: training a {vocab_size:,}-token tokenizer on {corpus_dir}")

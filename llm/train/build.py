@@ -32,7 +32,7 @@ def corpus(data: DictConfig, base: Path) -> Path:
 
 def tokenizer(data: DictConfig, corpus_dir: Path, base: Path) -> Tokenizer:
     """Trained when no tokenizer exists yet for this corpus and vocabulary, else loaded."""
-    return ensure_tokenizer(base, corpus_dir, data.vocab_size, data.tokenizer_max_chars)
+    return ensure_tokenizer(base, corpus_dir, data.vocab_size, data.tokenizer_max_chars, data.text_column)
 
 
 def gpt_config(shape: ModelShape) -> GPTConfig:
