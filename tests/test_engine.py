@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from llm.bench.engine import benchmark_engine
-from llm.inference.engine import Engine, cache_dtype, greedy_uncached
+from llm.inference.engine import Engine, greedy_uncached
 from llm.model import attention
 from llm.model.gpt import GPT, GPTConfig
+from llm.model.kv_cache import cache_dtype
 from llm.train.inference import load_model
 from tests.engine_fakes import ScriptedModel, byte_tokenizer
 
