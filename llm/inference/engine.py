@@ -118,6 +118,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.chat = ChatTokens.of(tokenizer)
+        self.stop_tokens = self.chat.stops  # a front-end streaming one row stops where the row does
 
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None,
