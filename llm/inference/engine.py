@@ -177,7 +177,8 @@ class Engine:
 
         for step in itertools.count(1):
             proposals = sample_next_token(logits, generator, temperature, top_k)[:, 0].tolist()
-            column, mask = (list(entries) for entries in zip(*map(RowDecoder.emit, rows, proposals)))
+            emitted = [row.emit(proposal) for row, proposal in zip(rows, proposals)]
+            column, mask = [token for token, _ in emitted], [sampled for _, sampled in emitted]
             yield column, mask
             # The column just yielded is not in the cache yet: it would go in at cache.filled.
             if step == max_tokens or all(row.stopped for row in rows) or cache.filled == capacity:
