@@ -39,15 +39,15 @@ class ScriptedModel(torch.nn.Module):
 
     def forward(self, ids, kv_cache=None):
         batch, new = ids.shape
-        start = 0 if kv_cache is None else kv_cache.get_pos()
-        self.calls.append((batch, new, start, None if kv_cache is None else kv_cache.seq_len))
+        start = 0 if kv_cache is None else kv_cache.filled
+        self.calls.append((batch, new, start, None if kv_cache is None else kv_cache.capacity))
         if self.base is not None:
             logits = self.base(ids, kv_cache=kv_cache)
             self.base_logits.append(logits[:, -1].clone())
         else:
             logits = torch.zeros(batch, new, self.config.vocab_size)
             if kv_cache is not None:
-                kv_cache.advance(new)
+                kv_cache.commit(new)
         for row in range(batch):
             script = self.scripts[min(row, len(self.scripts) - 1)]
             for t in range(new):

@@ -10,6 +10,7 @@ import torch
 
 from llm.model import attention
 from llm.model.attention import attend, attend_with_kv_cache
+from llm.model.kv_cache import LayerSlot
 
 FP32_TOL = dict(atol=1e-5, rtol=1e-5)
 BF16_TOL = dict(atol=2e-2, rtol=2e-2)
@@ -100,48 +101,45 @@ def test_window_changes_the_output(sdpa_backend):
 
 
 def decode_in_chunks(q_all, k_all, v_all, start, chunks, left, cache_len):
-    """Feed q/k/v through attend_with_kv_cache chunk by chunk; rows start at the fill levels in `start`.
+    """Feed q/k/v through attend_with_kv_cache chunk by chunk, after `start` positions already cached.
 
-    Returns each chunk's output with the reference for it, and the final cache.
+    Returns each chunk's output with the reference for it, the final buffers and fill level.
     """
     batch, _, n_kv_head, head_dim = k_all.shape
-    k_cache = torch.zeros(batch, cache_len, n_kv_head, head_dim, dtype=k_all.dtype)
-    v_cache = torch.zeros_like(k_cache)
-    for row, filled in enumerate(start):
-        k_cache[row, :filled], v_cache[row, :filled] = k_all[row, :filled], v_all[row, :filled]
-    cache_seqlens = torch.tensor(start, dtype=torch.int32)
+    keys = torch.zeros(batch, cache_len, n_kv_head, head_dim, dtype=k_all.dtype)
+    values = torch.zeros_like(keys)
+    keys[:, :start], values[:, :start] = k_all[:, :start], v_all[:, :start]
+    filled = start
     results = []
     for length in chunks:
-        positions = cache_seqlens.long().unsqueeze(1) + torch.arange(length)
-        rows = torch.arange(batch).unsqueeze(1)
-        q, k, v = q_all[rows, positions], k_all[rows, positions], v_all[rows, positions]
-        y = attend_with_kv_cache(q, k_cache, v_cache, k, v, cache_seqlens, (left, 0))
+        positions = torch.arange(filled, filled + length)
+        q, k, v = q_all[:, positions], k_all[:, positions], v_all[:, positions]
+        fill_levels = torch.full((batch,), filled, dtype=torch.int32)
+        y = attend_with_kv_cache(q, k, v, LayerSlot(keys, values, filled, fill_levels), (left, 0))
         assert y.shape == q.shape
-        results.append((y, naive_attention(q, k_all, v_all, positions, left)))
-        cache_seqlens += length
-    return results, k_cache, v_cache, cache_seqlens
+        results.append((y, naive_attention(q, k_all, v_all, positions.expand(batch, -1), left)))
+        filled += length
+    return results, keys, values, filled
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, FP32_TOL), (torch.bfloat16, BF16_TOL)])
 @pytest.mark.parametrize("left", [-1, 3])
-def test_kv_cache_prefill_then_decode_with_per_row_positions(sdpa_backend, dtype, tolerance, left):
+@pytest.mark.parametrize("start", [0, 5])
+def test_kv_cache_prefill_then_decode(sdpa_backend, dtype, tolerance, left, start):
     q_all, k_all, v_all = random_qkv(3, 20, 4, 2, 8, dtype)
-    start = [0, 5, 2]  # each row is at its own fill level
     chunks = [4, 1, 1, 1, 3, 1, 1]
-    results, k_cache, v_cache, cache_seqlens = decode_in_chunks(q_all, k_all, v_all, start, chunks, left, cache_len=24)
+    results, keys, values, filled = decode_in_chunks(q_all, k_all, v_all, start, chunks, left, cache_len=24)
     for y, reference in results:
         torch.testing.assert_close(y.double(), reference, **tolerance)
-    for row, filled in enumerate(cache_seqlens.tolist()):
-        assert filled == start[row] + sum(chunks)
-        assert torch.equal(k_cache[row, :filled], k_all[row, :filled])
-        assert torch.equal(v_cache[row, :filled], v_all[row, :filled])
-        assert not k_cache[row, filled:].any(), "nothing is written past a row's fill level"
+    assert filled == start + sum(chunks)
+    assert torch.equal(keys[:, :filled], k_all[:, :filled]) and torch.equal(values[:, :filled], v_all[:, :filled])
+    assert not keys[:, filled:].any(), "nothing is written past the fill level"
 
 
 def test_kv_cache_decoding_matches_training_path(sdpa_backend):
     q, k, v = random_qkv(2, 12, 4, 1, 8, torch.float32)
     full = attend(q, k, v, (4, 0))
-    results, *_ = decode_in_chunks(q, k, v, [0, 0], [5] + [1] * 7, left=4, cache_len=12)
+    results, *_ = decode_in_chunks(q, k, v, 0, [5] + [1] * 7, left=4, cache_len=12)
     torch.testing.assert_close(torch.cat([y for y, _ in results], dim=1), full, **FP32_TOL)
 
 
@@ -242,7 +240,7 @@ def test_loaded_fa3_receives_both_calls(fresh_backend, monkeypatch):
     q, k, v = random_qkv(1, 4, 2, 2, 8, torch.float32)
     seqlens = torch.zeros(1, dtype=torch.int32)
     attend(q, k, v, (2, 0))
-    attend_with_kv_cache(q, k, v, k, v, seqlens, (2, 0))
+    attend_with_kv_cache(q, k, v, LayerSlot(k, v, 0, seqlens), (2, 0))
     (train, train_kwargs), (decode, decode_kwargs) = calls
     assert (train, decode) == ("train", "decode")
     assert train_kwargs == {"causal": True, "window_size": (2, 0)}

@@ -81,6 +81,17 @@ def test_result_is_forced_into_the_calling_row_only():
     assert results[1] == PROMPT + [a, b, b] and masks[1] == [0] * len(PROMPT) + [1, 1, 1]
 
 
+def test_a_rendered_conversation_is_the_prompt():
+    """The chat stages feed the engine Tokenizer.render_for_completion's ids as they are."""
+    conversation = {"messages": [{"role": "user", "content": "6 times 7?"}, {"role": "assistant", "content": "42"}]}
+    prompt = BYTES.render_for_completion(conversation)
+    script = [*tool_call(b"6*7", 2), *b"42", ASSISTANT_END]
+    results, masks = Engine(ScriptedModel([script], len(prompt)), BYTES).generate_batch(
+        prompt, max_tokens=20, temperature=0.0)
+    assert results[0] == prompt + [PYTHON_START, *b"6*7", PYTHON_END, OUTPUT_START, *b"42", OUTPUT_END, *b"42"]
+    assert masks[0][len(prompt):] == [1] * 5 + [0] * 4 + [1] * 2
+
+
 def test_refused_expression_injects_nothing():
     expression = b"__import__('os')"
     script = [PYTHON_START, *expression, PYTHON_END, ord("k"), ASSISTANT_END]

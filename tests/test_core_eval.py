@@ -92,22 +92,50 @@ def test_fewshot_examples_are_fixed_per_index_and_exclude_the_example():
 
 def test_spans_from_common_prefix_suffix_and_lm_prefix():
     tok = CharTokenizer()
-    rows, starts, ends = core.continuation_spans("multiple_choice", tok, ["q aab", "q ac"])
-    assert starts == [4, 4] and ends == [6, 5]  # BOS q ' ' a shared
-    rows, starts, ends = core.continuation_spans("schema", tok, ["xx end", "y end"])
-    assert starts == [3, 2] and ends == [7, 6]  # " end" shared
-    rows, starts, ends = core.continuation_spans("language_modeling", tok, ["ab", "ab cd"])
-    assert rows == [[0, 97, 98, 32, 99, 100]] and starts == [3] and ends == [6]
+    spans = core.continuation_spans("multiple_choice", tok, ["q aab", "q ac"])
+    assert [(s.start, s.end) for s in spans] == [(4, 6), (4, 5)]  # BOS q ' ' a shared
+    spans = core.continuation_spans("schema", tok, ["xx end", "y end"])
+    assert [(s.start, s.end) for s in spans] == [(3, 7), (2, 6)]  # " end" shared
+    assert core.continuation_spans("language_modeling", tok, ["ab", "ab cd"]) == [
+        core.Span([0, 97, 98, 32, 99, 100], 3, 6)]
     with pytest.raises(ValueError, match="prefix"):
         core.continuation_spans("language_modeling", tok, ["abc", "abd"])
     assert core.common_length([[1, 2, 3], [1, 2, 3]]) == 3 and core.common_length([[1, 2], [3, 2]], from_end=True) == 1
 
 
 def test_crop_from_the_left_keeps_the_continuation():
-    rows, starts, ends = core.crop_left([list(range(10)), list(range(4))], [6, 2], [10, 4], max_tokens=6)
-    assert rows == [list(range(4, 10)), list(range(4))] and starts == [2, 2] and ends == [6, 4]
+    assert core.Span(list(range(10)), 6, 10).cropped(6) == core.Span(list(range(4, 10)), 2, 6)
+    assert core.Span(list(range(4)), 2, 4).cropped(6) == core.Span(list(range(4)), 2, 4)
     with pytest.raises(ValueError, match="does not fit"):
-        core.crop_left([list(range(10))], [3], [10], max_tokens=6)
+        core.Span(list(range(10)), 3, 10).cropped(6)
+
+
+class KnownLogits(torch.nn.Module):
+    """Returns fixed logits for whatever batch it is given (cropped to the batch's length)."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, ids):
+        return self.logits[:ids.size(0), :ids.size(1)]
+
+
+def test_span_scores_average_only_the_scored_tokens():
+    logits = torch.randn(3, 7, 11, generator=torch.Generator().manual_seed(0))
+    spans = [core.Span([1, 2, 3, 4, 5, 6, 7], 2, 7), core.Span([1, 9, 3], 1, 3), core.Span([4, 4, 4, 4], 3, 4)]
+    ids = [span.tokens for span in spans]
+    scores = core.score_spans(KnownLogits(logits), spans, pad_id=0, device=torch.device("cpu"))
+    for row, span in enumerate(spans):
+        # Written per token: the loss of token t is predicted by the logits at t - 1.
+        losses = [torch.nn.functional.cross_entropy(logits[row, t - 1], torch.tensor(ids[row][t])).item()
+                  for t in range(span.start, span.end)]
+        assert scores.mean_loss[row].item() == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+        greedy = all(logits[row, t - 1].argmax().item() == ids[row][t] for t in range(span.start, span.end))
+        assert bool(scores.all_greedy[row]) == greedy
+    forced = logits.clone()
+    forced[2, 2, 4] = 100.0  # makes the one scored token of the last span the argmax
+    assert core.score_spans(KnownLogits(forced), spans, 0, torch.device("cpu")).all_greedy[2]
 
 
 # ----------------------------------------------------------------------------- scoring with known losses
@@ -228,12 +256,12 @@ def _unbatched_pick(model, tokenizer, task, data, index):
     """The lowest-mean-loss row, each row run alone through the model's own loss (no padding, no batch)."""
     prompts = core.RENDERERS[task.task_type](data[index], task.continuation_delimiter,
                                              core.fewshot_examples(data, index, task.num_fewshot))
-    rows, starts, ends = core.crop_left(*core.continuation_spans(task.task_type, tokenizer, prompts), 48)
     means = []
-    for row, start, end in zip(rows, starts, ends):
-        ids = torch.tensor([row])
+    for span in core.continuation_spans(task.task_type, tokenizer, prompts):
+        span = span.cropped(48)
+        ids = torch.tensor([span.tokens])
         losses = model(ids[:, :-1], ids[:, 1:], loss_reduction="none")
-        means.append(losses[start - 1:end - 1].mean().item())
+        means.append(losses[span.start - 1:span.end - 1].mean().item())
     return means.index(min(means))
 
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from llm.bench.engine import benchmark_engine
-from llm.inference.engine import Engine, cache_dtype, greedy_uncached
+from llm.inference.engine import Engine, greedy_uncached, sample_next_token
 from llm.model import attention
 from llm.model.gpt import GPT, GPTConfig
+from llm.model.kv_cache import cache_dtype
 from llm.train.inference import load_model
 from tests.engine_fakes import ScriptedModel, byte_tokenizer
 
@@ -73,6 +74,72 @@ def test_top_k_restricts_the_choices():
     # Uniform logits tie everywhere; torch.topk then keeps k of them, and samples must stay within those k.
     columns = [column for column, _ in engine.generate(PROMPT, num_samples=64, max_tokens=1, top_k=3, seed=0)]
     assert 1 <= len(set(columns[0])) <= 3
+
+
+def draw_among_top_k(logits, generator, temperature, top_k):
+    """The reference's sampling, restated: rank the logits, keep the first k, and let the generator
+    pick a rank from the softmax of the kept ones (the whole vocabulary when top_k is None)."""
+    if top_k is None:
+        return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)
+    ranked, ids = torch.sort(logits, dim=-1, descending=True, stable=True)
+    keep = min(top_k, logits.size(-1))
+    rank = torch.multinomial(torch.softmax(ranked[:, :keep] / temperature, dim=-1), 1, generator=generator)
+    return torch.take_along_dim(ids[:, :keep], rank, dim=-1)
+
+
+@pytest.mark.parametrize("top_k, temperature", [(5, 1.0), (50, 0.7), (300, 1.3), (1000, 1.0), (None, 0.9)])
+def test_seeded_draws_equal_the_reference_formulation(top_k, temperature):
+    # Distinct random logits: no ties, so ranking by sort and by topk agree on the order.
+    logits = 3 * torch.randn(8, 300, generator=torch.Generator().manual_seed(1))
+    engine_rng, reference_rng = torch.Generator().manual_seed(42), torch.Generator().manual_seed(42)
+    for _ in range(100):  # 800 draws, each advancing both generators the same way
+        drawn = sample_next_token(logits, engine_rng, temperature, top_k)
+        assert torch.equal(drawn, draw_among_top_k(logits, reference_rng, temperature, top_k))
+
+
+def test_top_k_zero_samples_the_whole_vocabulary():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(2))
+    zero = sample_next_token(logits, torch.Generator().manual_seed(5), 1.0, 0)
+    assert torch.equal(zero, sample_next_token(logits, torch.Generator().manual_seed(5), 1.0, None))
+
+
+@torch.no_grad()
+def reference_generate_batch(model, prompt, num_samples, max_tokens, temperature, top_k, seed):
+    """What the reference's engine returns for a prompt, computed without any cache.
+
+    One generator seeded once; the first draw for every row comes from the prompt's last logits,
+    each later one from a full forward over the row so far. A row ends at a stop token (excluded);
+    the rows keep stepping together until all have ended or max_tokens steps have run.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sequences = torch.tensor([prompt])
+    logits = model(sequences)[:, -1].expand(num_samples, -1)
+    sequences = sequences.expand(num_samples, -1)
+    replies, ended = [[] for _ in range(num_samples)], [False] * num_samples
+    for _ in range(max_tokens):
+        column = draw_among_top_k(logits, generator, temperature, top_k)
+        for row, token in enumerate(column[:, 0].tolist()):
+            if not ended[row]:
+                ended[row] = token in (BOS, ASSISTANT_END)
+                replies[row] += [] if ended[row] else [token]
+        if all(ended):
+            break
+        sequences = torch.cat([sequences, column], dim=1)
+        logits = model(sequences)[:, -1]
+    return [prompt + reply for reply in replies]
+
+
+@pytest.mark.parametrize("top_k, temperature, seed", [(8, 1.0, 0), (40, 0.8, 1), (None, 1.0, 2), (600, 1.2, 3)])
+def test_sampled_generation_equals_the_reference_token_for_token(top_k, temperature, seed):
+    model = random_window_model()
+    prompt = [BOS, *b"top-k"]
+    kwargs = dict(num_samples=3, max_tokens=20, temperature=temperature, top_k=top_k, seed=seed)
+    expected = reference_generate_batch(model, prompt, **kwargs)
+    tool_tokens = {BYTES.encode_special(name) for name in ("<|python_start|>", "<|python_end|>")}
+    assert not tool_tokens & {t for row in expected for t in row}, "a row called the calculator; pick another seed"
+    results, masks = Engine(model, BYTES).generate_batch(prompt, **kwargs)
+    assert results == expected
+    assert masks == [[0] * len(prompt) + [1] * (len(row) - len(prompt)) for row in expected]
 
 
 @pytest.mark.parametrize("max_tokens", [0, 1, 4, 16])

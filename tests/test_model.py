@@ -249,7 +249,7 @@ def test_too_long_input_is_a_clear_error():
     model = tiny_model()  # sequence_len 16: rotary tables cover 160 positions
     with pytest.raises(ValueError, match="rotary tables .*GPTConfig.sequence_len"):
         model(torch.zeros(1, 161, dtype=torch.long))
-    cache = KVCache(batch_size=1, num_heads=2, seq_len=8, head_dim=16, num_layers=3, device="cpu", dtype=torch.float32)
+    cache = KVCache(model.config, rows=1, capacity=8, device="cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match="allocate a longer KVCache"):
         model(torch.zeros(1, 9, dtype=torch.long), kv_cache=cache)
 
@@ -273,11 +273,6 @@ def test_adamw_steps_reduce_loss_on_a_fixed_batch():
 # KV cache
 
 
-def new_cache(model, batch_size, seq_len):
-    config = model.config
-    return KVCache(batch_size, config.n_kv_head, seq_len, config.head_dim, config.n_layer, "cpu", torch.float32)
-
-
 @pytest.mark.parametrize("pattern", ["L", "SL"])
 @torch.no_grad()
 def test_kv_cache_decoding_matches_full_forward(pattern):
@@ -285,10 +280,10 @@ def test_kv_cache_decoding_matches_full_forward(pattern):
     perturb(model)
     tokens = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
     full = model(tokens)
-    cache = new_cache(model, batch_size=2, seq_len=16)
+    cache = KVCache.for_model(model, rows=2, capacity=16)
     steps = [model(tokens[:, :6], kv_cache=cache)]
     steps += [model(tokens[:, t : t + 1], kv_cache=cache) for t in range(6, 16)]
-    assert cache.get_pos() == 16
+    assert cache.filled == 16 and cache.fill_levels.tolist() == [16, 16]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
@@ -311,50 +306,45 @@ def test_one_prompt_prefilled_into_several_rows():
     perturb(model)
     prompt = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(0))
     continuations = torch.tensor([[7], [300]])
-    prompt_cache = new_cache(model, batch_size=1, seq_len=5)
+    prompt_cache = KVCache.for_model(model, rows=1, capacity=5)
     model(prompt, kv_cache=prompt_cache)
-    cache = new_cache(model, batch_size=2, seq_len=16)
-    cache.prefill(prompt_cache)
+    cache = prompt_cache.replicated(rows=2, capacity=16)
     decoded = model(continuations, kv_cache=cache)
     full = model(torch.cat([prompt.expand(2, 5), continuations], dim=1))
     torch.testing.assert_close(decoded[:, 0], full[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_kv_cache_bookkeeping():
-    cache = KVCache(batch_size=2, num_heads=3, seq_len=10, head_dim=4, num_layers=5, device="cpu", dtype=torch.float32)
-    assert cache.k.shape == cache.v.shape == (5, 2, 10, 3, 4)
-    assert cache.cache_seqlens.dtype == torch.int32 and cache.get_pos() == 0
-    cache.advance(4)
-    cache.advance(2)
-    assert cache.get_pos() == 6 and cache.cache_seqlens.tolist() == [6, 6]
-    k_layer, v_layer = cache.layer(3)
-    k_layer[1, 0, 2, 1] = 5.0
-    v_layer[0, 1, 0, 0] = 6.0
-    assert cache.k[3, 1, 0, 2, 1] == 5.0 and cache.v[3, 0, 1, 0, 0] == 6.0, "layer() returns views"
-    cache.reset()
-    assert cache.get_pos() == 0
+    config = GPTConfig(n_layer=5, n_head=12, n_kv_head=3, n_embd=48)
+    cache = KVCache(config, rows=2, capacity=10, device="cpu", dtype=torch.float32)
+    assert cache.keys.shape == cache.values.shape == (5, 2, 10, 3, 4)
+    assert (cache.rows, cache.capacity, cache.filled) == (2, 10, 0) and cache.fill_levels.dtype == torch.int32
+    cache.commit(4)
+    cache.commit(2)
+    assert cache.filled == 6 and cache.fill_levels.tolist() == [6, 6]
+    slot = cache.layer(3)
+    assert slot.filled == 6 and slot.fill_levels is cache.fill_levels
+    slot.keys[1, 0, 2, 1] = 5.0
+    slot.values[0, 1, 0, 0] = 6.0
+    assert cache.keys[3, 1, 0, 2, 1] == 5.0 and cache.values[3, 0, 1, 0, 0] == 6.0, "layer() returns views"
 
 
-def test_kv_cache_prefill_broadcasts_and_validates():
-    source = KVCache(1, 2, 6, 4, 3, "cpu", torch.float32)
-    source.k.normal_()
-    source.v.normal_()
-    source.advance(4)
-    target = KVCache(3, 2, 12, 4, 3, "cpu", torch.float32)
-    target.prefill(source)
-    assert target.cache_seqlens.tolist() == [4, 4, 4]
+def test_kv_cache_replicates_a_prompt_into_every_row():
+    config = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=32)
+    source = KVCache(config, rows=1, capacity=6, device="cpu", dtype=torch.float32)
+    source.keys.normal_()
+    source.values.normal_()
+    source.commit(4)
+    target = source.replicated(rows=3, capacity=12)
+    assert (target.rows, target.capacity, target.filled) == (3, 12, 4) and target.fill_levels.tolist() == [4, 4, 4]
     for row in range(3):
-        assert torch.equal(target.k[:, row, :4], source.k[:, 0, :4])
-        assert torch.equal(target.v[:, row, :4], source.v[:, 0, :4])
-    assert not target.k[:, :, 4:].any()
-    with pytest.raises(ValueError, match="empty KVCache"):
-        target.prefill(source)
-    with pytest.raises(ValueError, match="same model"):
-        KVCache(3, 2, 12, 8, 3, "cpu", torch.float32).prefill(source)
-    with pytest.raises(ValueError, match="batch size 1 or the same"):
-        KVCache(3, 2, 12, 4, 3, "cpu", torch.float32).prefill(KVCache(2, 2, 6, 4, 3, "cpu", torch.float32))
-    with pytest.raises(ValueError, match="larger seq_len"):
-        KVCache(3, 2, 3, 4, 3, "cpu", torch.float32).prefill(source)
+        assert torch.equal(target.keys[:, row, :4], source.keys[:, 0, :4])
+        assert torch.equal(target.values[:, row, :4], source.values[:, 0, :4])
+    assert not target.keys[:, :, 4:].any() and not target.values[:, :, 4:].any()
+    with pytest.raises(ValueError, match="rows=1"):
+        target.replicated(rows=6, capacity=12)
+    with pytest.raises(ValueError, match="larger capacity"):
+        source.replicated(rows=3, capacity=3)
 
 
 def test_model_package_imports_nothing_from_the_rest_of_the_system():

@@ -17,7 +17,8 @@ import torch
 
 from llm.config import compose_run, derived
 from llm.data.tokenizer import BOS, SPECIAL_TOKENS
-from llm.inference.engine import Engine, greedy_uncached, new_cache
+from llm.inference.engine import Engine, greedy_uncached
+from llm.model.kv_cache import KVCache
 from llm.train import build
 from llm.train import runtime as runtimes
 from llm.train.inference import load_model
@@ -93,7 +94,7 @@ def benchmark_engine(target: str | Path | list[str], repeats: int = 3, warmup: i
 
     @torch.inference_mode()
     def prefill():
-        cache = new_cache(model, 1, prompt_tokens)
+        cache = KVCache.for_model(model, rows=1, capacity=prompt_tokens)
         model(torch.tensor([prompt], device=runtime.device), kv_cache=cache)
 
     def cached_decode():

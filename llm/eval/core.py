@@ -23,6 +23,7 @@ and sum their per-example results, so any number of ranks gives the single-proce
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -86,73 +87,91 @@ def common_length(sequences: list[list[int]], from_end: bool = False) -> int:
     return shortest
 
 
-def continuation_spans(task_type: str, tokenizer, prompts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
-    """(token rows, start, end) per row: tokens [start, end) of a row are the part that is scored."""
+@dataclass(frozen=True)
+class Span:
+    """A BOS-prefixed prompt and the part of it that is scored: tokens[start:end], the continuation
+    (multiple_choice, language_modeling) or the shared text after the context (schema)."""
+    tokens: list[int]
+    start: int
+    end: int
+
+    def cropped(self, max_tokens: int) -> "Span":
+        """The span with tokens dropped from the left until it fits max_tokens; the scored part stays."""
+        excess = max(0, len(self.tokens) - max_tokens)
+        if excess and self.start - excess < 1:  # the first scored token needs one token before it
+            raise ValueError(f"a continuation of {self.end - self.start} tokens does not fit a {max_tokens}-token "
+                             "context: evaluate a model with a longer sequence_len, or drop the task")
+        return Span(self.tokens[excess:], self.start - excess, self.end - excess)
+
+
+def continuation_spans(task_type: str, tokenizer, prompts: list[str]) -> list[Span]:
+    """The spans one example's prompts are scored on, one per choice (a single one for language_modeling)."""
     rows = tokenizer.encode(prompts, prepend=tokenizer.bos_id)
-    ends = [len(row) for row in rows]
     if task_type == "multiple_choice":
-        return rows, [common_length(rows)] * len(rows), ends
+        shared = common_length(rows)
+        return [Span(row, shared, len(row)) for row in rows]
     if task_type == "schema":
         suffix = common_length(rows, from_end=True)
-        return rows, [end - suffix for end in ends], ends
+        return [Span(row, len(row) - suffix, len(row)) for row in rows]
     without, with_continuation = rows
     if len(without) >= len(with_continuation) or with_continuation[:len(without)] != without:
         raise ValueError(f"the context {prompts[0][-40:]!r} does not tokenize to a prefix of context + "
                          "continuation: fix the example (a continuation must start at a token boundary)")
-    return [with_continuation], [len(without)], [len(with_continuation)]
+    return [Span(with_continuation, len(without), len(with_continuation))]
 
 
-def crop_left(rows: list[list[int]], starts: list[int], ends: list[int], max_tokens: int):
-    """Drop tokens from the left of rows longer than max_tokens, shifting their spans to match."""
-    cropped_rows, cropped_starts, cropped_ends = [], [], []
-    for row, start, end in zip(rows, starts, ends):
-        excess = max(0, len(row) - max_tokens)
-        if excess and start - excess < 1:  # the first scored token needs one token before it
-            raise ValueError(f"a continuation of {end - start} tokens does not fit a {max_tokens}-token "
-                             "context: evaluate a model with a longer sequence_len, or drop the task")
-        cropped_rows.append(row[excess:])
-        cropped_starts.append(start - excess)
-        cropped_ends.append(end - excess)
-    return cropped_rows, cropped_starts, cropped_ends
-
-
-def pad_right(rows: list[list[int]], pad_id: int) -> torch.Tensor:
-    batch = torch.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=torch.long)
-    for index, row in enumerate(rows):
-        batch[index, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return batch
+@dataclass
+class SpanScores:
+    mean_loss: torch.Tensor  # (spans,) mean cross-entropy of the scored tokens
+    all_greedy: torch.Tensor  # (spans,) bool: the argmax prediction of every scored token is that token
 
 
 @torch.no_grad()
+def score_spans(model, spans: list[Span], pad_id: int, device: torch.device) -> SpanScores:
+    """One forward over the spans, right-padded with pad_id into a batch (nothing past `end` is read)."""
+    ids = torch.full((len(spans), max(len(span.tokens) for span in spans)), pad_id, dtype=torch.long)
+    for row, span in enumerate(spans):
+        ids[row, :len(span.tokens)] = torch.tensor(span.tokens, dtype=torch.long)
+    ids = ids.to(device)
+    logits = model(ids)[:, :-1]
+    targets = ids[:, 1:]
+    # Position p predicts token p + 1, so a span's tokens [start, end) are predicted at [start - 1, end - 1).
+    positions = torch.arange(targets.size(1), device=device)
+    first = torch.tensor([span.start - 1 for span in spans], device=device).unsqueeze(1)
+    last = torch.tensor([span.end - 1 for span in spans], device=device).unsqueeze(1)
+    scored = (positions >= first) & (positions < last)
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    mean_loss = losses.where(scored, 0.0).sum(dim=1) / scored.sum(dim=1)
+    all_greedy = ((logits.argmax(dim=-1) == targets) | ~scored).all(dim=1)
+    return SpanScores(mean_loss, all_greedy)
+
+
 def score_example(model, tokenizer, task: Task, data: list[dict], index: int, max_tokens: int,
                   device: torch.device) -> bool:
     """Whether the model gets data[index] right."""
     item = data[index]
     prompts = RENDERERS[task.task_type](item, task.continuation_delimiter,
                                         fewshot_examples(data, index, task.num_fewshot))
-    rows, starts, ends = crop_left(*continuation_spans(task.task_type, tokenizer, prompts), max_tokens)
-    ids = pad_right(rows, tokenizer.bos_id).to(device)  # BOS as padding: nothing past `end` is read
-    logits = model(ids)
-    # Position p predicts token p + 1, so the span [start, end) is predicted at [start - 1, end - 1).
+    spans = [span.cropped(max_tokens) for span in continuation_spans(task.task_type, tokenizer, prompts)]
+    scores = score_spans(model, spans, tokenizer.bos_id, device)  # BOS pads: any token would do
     if task.task_type == "language_modeling":
-        start, end = starts[0], ends[0]
-        return torch.equal(logits[0, start - 1:end - 1].argmax(dim=-1), ids[0, start:end])
-    batch, length, vocab = logits.shape
-    losses = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1),
-                             reduction="none").view(batch, length - 1)
-    mean_losses = [losses[row, start - 1:end - 1].mean().item() for row, (start, end) in enumerate(zip(starts, ends))]
-    return mean_losses.index(min(mean_losses)) == item["gold"]
+        return bool(scores.all_greedy[0])
+    return int(scores.mean_loss.argmin()) == item["gold"]  # argmin takes the first of equal losses
 
 
 def task_accuracy(model, tokenizer, task: Task, data: list[dict], max_tokens: int, device: torch.device) -> float:
-    """Fraction of `data` the model gets right, the examples shared out across ranks."""
+    """Fraction of `data` the model gets right, the examples dealt out across ranks.
+
+    Rank r scores examples r, r + world, r + 2 * world, ...; the ranks' counts add up to the count
+    one process would get, and the fraction is taken in float32 as a mean over the examples would be.
+    """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    correct = torch.zeros(len(data), dtype=torch.float32, device=device)
-    for index in range(rank, len(data), world):
-        correct[index] = float(score_example(model, tokenizer, task, data, index, max_tokens, device))
+    mine = range(rank, len(data), world)
+    hits = sum(score_example(model, tokenizer, task, data, index, max_tokens, device) for index in mine)
+    correct = torch.tensor(float(hits), dtype=torch.float32, device=device)
     if world > 1:
         dist.all_reduce(correct)
-    return correct.mean().item()
+    return (correct / len(data)).item()
 
 
 def centered(accuracy: float, random_baseline: float) -> float:

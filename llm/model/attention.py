@@ -3,8 +3,7 @@
 The model calls two functions and never sees which backend runs them:
 
     attend(q, k, v, window_size)                      training and plain evaluation
-    attend_with_kv_cache(q, k_cache, v_cache, k, v,   incremental decoding
-                         cache_seqlens, window_size)
+    attend_with_kv_cache(q, k, v, slot, window_size)  incremental decoding over a KV-cache slot
 
 Tensors use FA3's (batch, time, heads, head_dim) layout. k/v may have fewer heads than q
 (grouped-query attention); query head h reads key/value head h // (n_head // n_kv_head).
@@ -124,28 +123,25 @@ def attend(q, k, v, window_size):
     return _sdpa(q, k, v, mask=_causal_window_mask(positions.unsqueeze(1), positions, left))
 
 
-def attend_with_kv_cache(q, k_cache, v_cache, k, v, cache_seqlens, window_size):
-    """Store k/v at each row's fill level, then let q attend causally over the cached prefix.
+def attend_with_kv_cache(q, k, v, slot, window_size):
+    """Store the new k/v in a KV-cache slot, then let q attend causally over everything cached.
 
-    q: (B, T_new, H, D); k, v: (B, T_new, H_kv, D); k_cache, v_cache: (B, T_max, H_kv, D), written in
-    place; cache_seqlens: (B,) int32 fill level of each row, which the caller advances afterwards.
+    q: (B, T_new, H, D); k, v: (B, T_new, H_kv, D); slot: the layer's LayerSlot, whose buffers are
+    written in place at position slot.filled (the same for every row); the cache advances afterwards.
     """
     if active_backend() == "fa3":
-        return _fa3.flash_attn_with_kvcache(
-            q, k_cache, v_cache, k=k, v=v, cache_seqlens=cache_seqlens, causal=True, window_size=window_size
-        )
-    batch_size, new_len = q.shape[:2]
-    # Absolute position of each new token, per row: rows may sit at different fill levels.
-    query_positions = cache_seqlens.long().unsqueeze(1) + torch.arange(new_len, device=q.device)
-    rows = torch.arange(batch_size, device=q.device).unsqueeze(1)
-    k_cache[rows, query_positions] = k
-    v_cache[rows, query_positions] = v
-    # Only read as far as the fullest row; shorter rows are masked by causality.
-    used = int(query_positions[:, -1].max().item()) + 1
-    key_positions = torch.arange(used, device=q.device)
-    mask = _causal_window_mask(query_positions.unsqueeze(-1), key_positions, window_size[0])
-    # One mask per row, shared by all heads: (B, 1, T_new, used).
-    return _sdpa(q, k_cache[:, :used], v_cache[:, :used], mask=mask.unsqueeze(1))
+        return _fa3.flash_attn_with_kvcache(q, slot.keys, slot.values, k=k, v=v, cache_seqlens=slot.fill_levels,
+                                            causal=True, window_size=window_size)
+    start, end = slot.filled, slot.filled + q.size(1)
+    slot.keys[:, start:end] = k
+    slot.values[:, start:end] = v
+    # Keys before the oldest position the window lets the first new query see are never read.
+    left = window_size[0]
+    first_key = 0 if left < 0 else max(0, start - left)
+    query_positions = torch.arange(start, end, device=q.device).unsqueeze(1)
+    key_positions = torch.arange(first_key, end, device=q.device)
+    mask = _causal_window_mask(query_positions, key_positions, left)  # (T_new, keys), shared by rows and heads
+    return _sdpa(q, slot.keys[:, first_key:end], slot.values[:, first_key:end], mask=mask)
 
 
 def _causal_window_mask(query_positions, key_positions, left):

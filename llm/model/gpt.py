@@ -130,8 +130,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is None:
             y = attend(q, k, v, window_size)
         else:
-            k_cache, v_cache = kv_cache.layer(self.layer_idx)
-            y = attend_with_kv_cache(q, k_cache, v_cache, k, v, kv_cache.cache_seqlens, window_size)
+            y = attend_with_kv_cache(q, k, v, kv_cache.layer(self.layer_idx), window_size)
         return self.c_proj(y.contiguous().view(batch, seq, -1))
 
 
@@ -219,15 +218,15 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         """Loss (targets given; -1 marks ignored positions) or fp32 logits (B, T, vocab_size)."""
         seq = idx.size(1)
-        start = 0 if kv_cache is None else kv_cache.get_pos()
+        start = 0 if kv_cache is None else kv_cache.filled
         if start + seq > self.rotary_len:
             raise ValueError(
                 f"position {start + seq} is past the rotary tables ({self.rotary_len} = "
                 f"{ROTARY_LENGTH_FACTOR} x sequence_len); shorten the input or raise GPTConfig.sequence_len"
             )
-        if kv_cache is not None and start + seq > kv_cache.seq_len:
+        if kv_cache is not None and start + seq > kv_cache.capacity:
             raise ValueError(
-                f"KV cache holds {kv_cache.seq_len} positions but {start + seq} are needed; allocate a longer KVCache"
+                f"KV cache holds {kv_cache.capacity} positions but {start + seq} are needed; allocate a longer KVCache"
             )
         cos, sin = self.cos[:, start : start + seq], self.sin[:, start : start + seq]
 
@@ -238,7 +237,7 @@ class GPT(nn.Module):
             value_embedding = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, value_embedding, cos, sin, self.window_sizes[i], kv_cache)
         if kv_cache is not None:
-            kv_cache.advance(seq)  # every layer has now written its keys and values for these tokens
+            kv_cache.commit(seq)  # every layer has now written its keys and values for these tokens
         x = rms_norm(x)
 
         # Crop the padding rows, then soft-cap in fp32 where tanh keeps its precision.

@@ -1,72 +1,85 @@
-"""Pre-allocated key/value cache for autoregressive decoding.
+"""The keys and values a decoding model has already computed, so each new token costs one position.
 
-The layout is the one FlashAttention-3's `flash_attn_with_kvcache` writes into in place:
-(batch, time, kv_heads, head_dim) per layer, with one int32 fill level per batch row. All
-layers share one tensor so a whole cache can be copied (prefill) in a single operation.
+The cache is shaped by its one consumer, the attention layer. A layer asks for its slot and gets
+its key and value buffers, in the (rows, positions, kv_heads, head_dim) layout FA3's decode kernel
+writes into in place, and the position the new tokens go to. All rows of a cache decode in lockstep
+(the engine feeds one column of tokens per step), so that position is a single Python int: the
+rotary offset and the SDPA path read it without waiting on the device. FA3 takes the same number
+as an int32 tensor with one entry per row, which the cache keeps alongside and advances with it.
 """
+
+from typing import NamedTuple
 
 import torch
 
 
+class LayerSlot(NamedTuple):
+    """What one attention layer reads and writes: its buffers and how far they are filled."""
+    keys: torch.Tensor  # (rows, capacity, kv_heads, head_dim); the new keys go in at `filled`
+    values: torch.Tensor
+    filled: int
+    fill_levels: torch.Tensor  # (rows,) int32, every entry equal to `filled`, for FA3
+
+
+def cache_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype keys and values come out of their projections in, which the cache must match exactly.
+
+    Under autocast that is the autocast dtype; otherwise the dtype of the linear layers' weights.
+    Neither the device nor the first parameter will do: on CUDA the embeddings are bf16 while the
+    matmul weights stay fp32.
+    """
+    weight = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Linear))
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
 class KVCache:
-    def __init__(self, batch_size, num_heads, seq_len, head_dim, num_layers, device, dtype):
-        # num_heads counts key/value heads (n_kv_head), which is fewer than query heads under GQA.
-        self.batch_size = batch_size
-        self.num_heads = num_heads
-        self.seq_len = seq_len
-        self.head_dim = head_dim
-        self.num_layers = num_layers
-        shape = (num_layers, batch_size, seq_len, num_heads, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        # FA3 takes the fill level as int32, one entry per row.
-        self.cache_seqlens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+    def __init__(self, config, rows: int, capacity: int, device, dtype: torch.dtype):
+        """Room for `capacity` positions of `rows` sequences, for a model of this GPTConfig."""
+        self.config = config
+        shape = (config.n_layer, rows, capacity, config.n_kv_head, config.head_dim)
+        # One tensor for all layers, so replicating a prompt is one copy per buffer.
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.filled = 0
+        self.fill_levels = torch.zeros(rows, dtype=torch.int32, device=device)
 
-    def get_pos(self):
-        """How many tokens are cached; rotary offsets assume every row is at the same position."""
-        return int(self.cache_seqlens[0].item())
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, rows: int, capacity: int) -> "KVCache":
+        """An empty cache on the model's device, in the dtype its attention produces keys and values."""
+        return cls(model.config, rows, capacity, next(model.parameters()).device, cache_dtype(model))
 
-    def layer(self, index):
-        """Views (k, v) of one layer's cache; attention writes new entries through them."""
-        return self.k[index], self.v[index]
+    @property
+    def rows(self) -> int:
+        return self.keys.size(1)
 
-    def advance(self, num_tokens):
-        """Record that every layer has stored num_tokens more positions (called after the last layer)."""
-        self.cache_seqlens += num_tokens
+    @property
+    def capacity(self) -> int:
+        return self.keys.size(2)
 
-    def reset(self):
-        # Stale entries stay in memory but are never attended to: attention only reads up to the fill level.
-        self.cache_seqlens.zero_()
+    def layer(self, index: int) -> LayerSlot:
+        return LayerSlot(self.keys[index], self.values[index], self.filled, self.fill_levels)
 
-    def prefill(self, other):
-        """Copy another cache's filled prefix into this empty one, repeating a batch-1 cache over every row.
+    def commit(self, count: int) -> None:
+        """Every layer has written `count` more positions (the model calls this after its last layer)."""
+        self.filled += count
+        self.fill_levels += count
 
-        This lets one prompt be encoded once and then decoded into several samples in parallel.
+    def replicated(self, rows: int, capacity: int) -> "KVCache":
+        """A new cache whose every row starts with this one-row cache's positions.
+
+        One prompt is encoded once and then continued as `rows` independent samples.
         """
-        if self.get_pos() != 0:
-            raise ValueError("prefill needs an empty KVCache; call reset() first")
-        same_geometry = (other.num_layers, other.num_heads, other.head_dim) == (
-            self.num_layers,
-            self.num_heads,
-            self.head_dim,
-        )
-        if not same_geometry:
-            raise ValueError(
-                f"cannot prefill from a cache with (layers, heads, head_dim) = "
-                f"({other.num_layers}, {other.num_heads}, {other.head_dim}); this one has "
-                f"({self.num_layers}, {self.num_heads}, {self.head_dim}): build both caches for the same model"
-            )
-        if other.batch_size not in (1, self.batch_size):
-            raise ValueError(
-                f"cannot prefill {self.batch_size} rows from a cache of {other.batch_size} rows: "
-                "the source must have batch size 1 or the same batch size"
-            )
-        length = other.get_pos()
-        if length > self.seq_len:
-            raise ValueError(
-                f"source cache holds {length} tokens but this one only has room for {self.seq_len}: "
-                "allocate the destination with a larger seq_len"
-            )
-        self.k[:, :, :length] = other.k[:, :, :length]
-        self.v[:, :, :length] = other.v[:, :, :length]
-        self.cache_seqlens.fill_(length)
+        if self.rows != 1:
+            raise ValueError(f"only a one-row cache can be replicated, this one has {self.rows} rows: "
+                             "encode the prompt with rows=1")
+        if capacity < self.filled:
+            raise ValueError(f"{self.filled} positions are filled but the new cache would hold {capacity}: "
+                             "give it a larger capacity")
+        copy = KVCache(self.config, rows, capacity, self.keys.device, self.keys.dtype)
+        copy.keys[:, :, :self.filled] = self.keys[:, :, :self.filled]
+        copy.values[:, :, :self.filled] = self.values[:, :, :self.filled]
+        copy.commit(self.filled)
+        return copy
