@@ -7,8 +7,7 @@ import random
 import pytest
 import torch
 
-from llm.data.chat_loader import (MidtrainLoader, SFTLoader, conversation_lengths, midtrain_epoch_steps,
-                                  render)
+from llm.data.chat_loader import MidtrainLoader, SFTLoader, conversation_lengths, midtrain_epoch_steps
 from llm.data.corpus import read_source, stdlib_sources
 from llm.data.tokenizer import Tokenizer
 
@@ -67,7 +66,7 @@ def midtrain_oracle(tok, conversations, rank, world_size, batch_size, buffer_siz
             row = []
             while len(row) < T + 1:
                 while len(buffer) < buffer_size:
-                    buffer.append(render(tok, conversations[cursor], T)[0])
+                    buffer.append(tok.render_conversation(conversations[cursor], max_tokens=T)[0])
                     cursor += world_size
                     if cursor >= len(conversations):
                         cursor, epoch = cursor % len(conversations), epoch + 1

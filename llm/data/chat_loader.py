@@ -31,7 +31,7 @@ import torch
 
 from llm.data.bestfit import BestFitBuffer
 from llm.data.conversation import ASSISTANT_END
-from llm.data.loader import BestFitPacker, TokenizedDoc, check_state, to_device
+from llm.data.loader import BestFitPacker, TokenizedDoc, check_positive, check_state, to_device
 from llm.data.tokenizer import Tokenizer
 
 MIDTRAIN_CROP = "oldest"  # the reference crops the first conversation in its buffer
@@ -48,12 +48,6 @@ def check_conversations(conversations: Sequence, rank: int, world_size: int) -> 
     if world_size > len(conversations):
         raise ValueError(f"{world_size} ranks share only {len(conversations)} conversations, so some rank gets "
                          "none; use fewer ranks or more conversations")
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def render(tokenizer: Tokenizer, conversation: dict, sequence_len: int) -> tuple[list[int], list[int]]:
@@ -101,7 +95,7 @@ class MidtrainLoader:
     def __init__(self, tokenizer: Tokenizer, conversations: Sequence, batch_size: int, sequence_len: int,
                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu", buffer_size: int = 100):
         check_conversations(conversations, rank, world_size)
-        _check_positive(batch_size=batch_size, sequence_len=sequence_len, buffer_size=buffer_size)
+        check_positive(batch_size=batch_size, sequence_len=sequence_len, buffer_size=buffer_size)
         self.batch_size, self.sequence_len = batch_size, sequence_len
         self.device = torch.device(device)
         self.num_conversations = len(conversations)
@@ -173,7 +167,7 @@ def midtrain_epoch_steps(lengths: Sequence[int], batch_size: int, sequence_len: 
     ceil((k - 1) / grad_accum_steps) steps.
     """
     check_conversations(lengths, 0, world_size)
-    _check_positive(batch_size=batch_size, sequence_len=sequence_len, grad_accum_steps=grad_accum_steps,
+    check_positive(batch_size=batch_size, sequence_len=sequence_len, grad_accum_steps=grad_accum_steps,
                     buffer_size=buffer_size)
     last_batch = min(_batches_until_epoch_end(lengths, rank, world_size, batch_size, sequence_len + 1, buffer_size)
                      for rank in range(world_size))
@@ -190,7 +184,7 @@ class SFTLoader:
     def __init__(self, tokenizer: Tokenizer, conversations: Sequence, batch_size: int, sequence_len: int,
                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu"):
         check_conversations(conversations, rank, world_size)
-        _check_positive(batch_size=batch_size, sequence_len=sequence_len)
+        check_positive(batch_size=batch_size)
         if sequence_len < 2:
             raise ValueError(f"sequence_len must be at least 2 (a token and its target), got {sequence_len}")
         self.tokenizer, self.conversations = tokenizer, conversations

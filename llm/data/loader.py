@@ -64,6 +64,13 @@ def to_device(*host: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, 
     return tuple((tensor.pin_memory() if on_cuda else tensor).to(device, non_blocking=on_cuda) for tensor in host)
 
 
+def check_positive(**values: int) -> None:
+    """Refuse any of these settings below 1, by name."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
 def check_state(state: dict, version: int, settings: dict) -> None:
     """Refuse a saved loader state of another format version or saved under other settings."""
     if state.get("version") != version:
@@ -250,11 +257,8 @@ class TokenLoader:
             raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        for name, value in [("batch_size", batch_size), ("sequence_len", sequence_len),
-                            ("buffer_size", buffer_size), ("tokenizer_batch_size", tokenizer_batch_size),
-                            ("tokenizer_threads", tokenizer_threads)]:
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_positive(batch_size=batch_size, sequence_len=sequence_len, buffer_size=buffer_size,
+                       tokenizer_batch_size=tokenizer_batch_size, tokenizer_threads=tokenizer_threads)
         self.batch_size, self.sequence_len = batch_size, sequence_len
         self.device = torch.device(device)
         # With row sharding this rank keeps rows [first_row, first_row + batch_size) of each global batch.
