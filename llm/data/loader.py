@@ -19,13 +19,13 @@ read cursor and the addresses of the documents read but not yet fully used (re-t
 load), so a restored loader yields the very batches the original would have.
 """
 
-from bisect import bisect_left, insort
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from llm.data.bestfit import BestFitBuffer
 from llm.data.shards import ShardReader, list_shards, split_shards
 from llm.data.tokenizer import Tokenizer
 
@@ -56,6 +56,30 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], threads: int) -> list[np.nd
     """
     return [np.fromiter(tokens, dtype=np.int32, count=len(tokens))
             for tokens in tokenizer.encode(texts, prepend=tokenizer.bos_id, num_threads=threads)]
+
+
+def to_device(*host: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Host tensors copied to `device`; on CUDA from pinned memory, so the copies overlap with compute."""
+    on_cuda = device.type == "cuda"
+    return tuple((tensor.pin_memory() if on_cuda else tensor).to(device, non_blocking=on_cuda) for tensor in host)
+
+
+def check_positive(**values: int) -> None:
+    """Refuse any of these settings below 1, by name."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def check_state(state: dict, version: int, settings: dict) -> None:
+    """Refuse a saved loader state of another format version or saved under other settings."""
+    if state.get("version") != version:
+        raise ValueError(f"loader state version {state.get('version')} is not {version}; "
+                         "it was saved by another version of this code and cannot be resumed")
+    for key, value in settings.items():
+        if state.get(key) != value:
+            raise ValueError(f"loader state was saved with {key}={state.get(key)!r} but this loader has "
+                             f"{key}={value!r}; resume with the same data and loader settings")
 
 
 class _DocumentFeed:
@@ -133,45 +157,31 @@ class Packer:
 
 
 class BestFitPacker(Packer):
-    """BOS-aligned best-fit packing over a buffer of whole documents.
+    """BOS-aligned best-fit packing over a buffer of whole documents (decisions: llm.data.bestfit).
 
-    The buffer is a list of (length, arrival) keys kept sorted, plus the documents by arrival
-    number. Sorting by arrival within a length makes "largest that fits" the first key of the
-    longest length at most the room left, and "shortest" the first key overall: both the earliest
-    read of equals, as a scan in reading order would choose.
+    `crop` picks the document cropped when none fits: "shortest" for pretraining, "oldest" for
+    midtraining (llm.data.chat_loader).
     """
 
-    def __init__(self, feed: _DocumentFeed, buffer_size: int):
+    def __init__(self, feed: _DocumentFeed, buffer_size: int, crop: str = "shortest"):
         super().__init__(feed)
-        self.buffer_size = buffer_size
-        self._keys: list[tuple[int, int]] = []
+        self._buffer = BestFitBuffer(buffer_size, crop)
         self._docs: dict[int, TokenizedDoc] = {}  # by arrival number; insertion order is reading order
-        self._arrivals = 0
 
     def _add(self, docs: list[TokenizedDoc]) -> None:
         for doc in docs:
-            insort(self._keys, (len(doc[1]), self._arrivals))
-            self._docs[self._arrivals] = doc
-            self._arrivals += 1
+            self._docs[self._buffer.add(len(doc[1]))] = doc
 
-    def _take(self, room: int) -> np.ndarray:
-        """Remove and return the longest document of at most `room` tokens, else the shortest one."""
-        fitting = bisect_left(self._keys, (room + 1,))  # keys before this have length <= room
-        index = 0 if fitting == 0 else bisect_left(self._keys, (self._keys[fitting - 1][0],), 0, fitting)
-        _, arrival = self._keys.pop(index)
-        return self._docs.pop(arrival)[1]
+    def _refill(self) -> None:
+        self._add(self.feed.next_batch())
 
     def next_rows(self, batch_size: int, sequence_len: int) -> tuple[np.ndarray, int]:
-        capacity = sequence_len + 1
-        rows = np.empty((batch_size, capacity), dtype=ROW_DTYPE)
+        rows = np.empty((batch_size, sequence_len + 1), dtype=ROW_DTYPE)
         dropped = 0
         for row in rows:
             filled = 0
-            while filled < capacity:
-                while len(self._keys) < self.buffer_size:
-                    self._add(self.feed.next_batch())
-                tokens = self._take(capacity - filled)
-                used = min(len(tokens), capacity - filled)
+            for arrival, used in self._buffer.pack_row(sequence_len + 1, self._refill):
+                tokens = self._docs.pop(arrival)[1]
                 row[filled:filled + used] = tokens[:used]
                 dropped += len(tokens) - used
                 filled += used
@@ -181,7 +191,8 @@ class BestFitPacker(Packer):
         return [address for address, _ in self._docs.values()]
 
     def restore(self, docs: list[TokenizedDoc], offset: int) -> None:
-        self._keys, self._docs, self._arrivals = [], {}, 0
+        self._buffer = BestFitBuffer(self._buffer.size, self._buffer.crop)
+        self._docs = {}
         self._add(docs)
 
 
@@ -246,11 +257,8 @@ class TokenLoader:
             raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        for name, value in [("batch_size", batch_size), ("sequence_len", sequence_len),
-                            ("buffer_size", buffer_size), ("tokenizer_batch_size", tokenizer_batch_size),
-                            ("tokenizer_threads", tokenizer_threads)]:
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_positive(batch_size=batch_size, sequence_len=sequence_len, buffer_size=buffer_size,
+                       tokenizer_batch_size=tokenizer_batch_size, tokenizer_threads=tokenizer_threads)
         self.batch_size, self.sequence_len = batch_size, sequence_len
         self.device = torch.device(device)
         # With row sharding this rank keeps rows [first_row, first_row + batch_size) of each global batch.
@@ -277,12 +285,7 @@ class TokenLoader:
         self._tokens_dropped += dropped
         self._tokens_taken += len(rows) * (self.sequence_len + 1) + dropped
         batch = torch.from_numpy(rows[self._first_row:self._first_row + self.batch_size])
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:  # pinned host memory lets the copy to the GPU overlap with compute
-            batch = batch.pin_memory()
-        inputs = batch[:, :-1].to(self.device, non_blocking=on_cuda)
-        targets = batch[:, 1:].to(self.device, non_blocking=on_cuda)
-        return inputs, targets
+        return to_device(batch[:, :-1], batch[:, 1:], device=self.device)
 
     @property
     def epoch(self) -> int:
@@ -307,13 +310,7 @@ class TokenLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}; "
-                             "it was saved by another version of this code and cannot be resumed")
-        for key, value in self._settings.items():
-            if state.get(key) != value:
-                raise ValueError(f"loader state was saved with {key}={state.get(key)!r} but this loader has "
-                                 f"{key}={value!r}; resume with the same data and loader settings")
+        check_state(state, STATE_VERSION, self._settings)
         self._feed.cursor = DocPosition(*state["cursor"])
         self._packer.restore(self._feed.tokenize_at([tuple(address) for address in state["docs"]]), state["offset"])
         self._tokens_taken, self._tokens_dropped = state["tokens_taken"], state["tokens_dropped"]
