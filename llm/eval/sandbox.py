@@ -28,6 +28,7 @@ that deliberately writes a forged verdict to the runner's report file is not def
 """
 
 import ctypes
+import errno
 import json
 import math
 import os
@@ -59,7 +60,7 @@ CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-FORBIDDEN_ERRNOS = {1, 13, 30, 101}  # EPERM, EACCES, EROFS, ENETUNREACH: the walls of the sandbox
+FORBIDDEN_ERRNOS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.ENETUNREACH}  # the sandbox's walls
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,11 @@ def _become_program(libc, config: dict, report, alive_read: int) -> None:
 
 
 def _failure(error: BaseException) -> str:
-    return "memory" if isinstance(error, MemoryError) else f"failed: {type(error).__name__}"
+    if isinstance(error, MemoryError):
+        return "memory"
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:  # RLIMIT_FSIZE on any file
+        return "output limit"
+    return f"failed: {type(error).__name__}"
 
 
 if __name__ == "__main__":
