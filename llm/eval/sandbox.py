@@ -19,7 +19,7 @@ sockets, signal other processes or read secrets from the environment. Each run g
   file size (captured output and files alike) and core dumps; a wall-clock timeout in the caller;
 - an environment of a few fixed variables: nothing of the caller's.
 
-The namespaces and the uid change need root (CI and the dev machines run as root); elsewhere
+The namespaces and the uid change need root (CI and the dev machines here run as root); elsewhere
 run_program refuses with one line rather than run unconfined.
 
 A program passes when it runs to its end: an exception, an early exit (sys.exit, os._exit), a
@@ -27,6 +27,7 @@ signal or any limit is a failure. The runner reports from the program's own proc
 that deliberately writes a forged verdict to the runner's report file is not defended against.
 """
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -108,16 +109,15 @@ def _end_run(boot: subprocess.Popen, uid: int) -> None:
     """Kill every process of the run and return only once none is left."""
     deadline = time.monotonic() + KILL_GRACE_S
     while time.monotonic() < deadline:
-        survivors = _processes_of(uid)
         if boot.poll() is None:
-            survivors.append(boot.pid)
-        if not survivors:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(boot.pid, signal.SIGKILL)  # the boot's session: all that did not setsid
+        survivors = _processes_of(uid)  # the rest, wherever they went
+        if not survivors and boot.returncode is not None:
             return
         for pid in survivors:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.01)
         boot.poll()
     raise RuntimeError(f"sandbox uid {uid} still has processes {_processes_of(uid)} after SIGKILL")
@@ -189,17 +189,16 @@ def _boot() -> None:
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     report = os.fdopen(config.pop("report_fd"), "w", buffering=1)
     libc = ctypes.CDLL(None, use_errno=True)
-    try:
+    with _reporting_setup_failure(report):
         _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
         _seal_filesystem(libc, config["uid"])
-    except OSError as error:
-        report.write(f"{SETUP_FAILED} {error}\n")
-        os._exit(1)
     alive_read, alive_write = os.pipe()  # EOF on alive_read tells the program the boot is gone
     pid = os.fork()  # the child is PID 1 of the new namespace
     if pid == 0:
         os.close(alive_write)
-        _become_program(libc, config, report, alive_read)
+        with _reporting_setup_failure(report):
+            _confine(libc, config, alive_read)
+        _execute(config["program"], report)
     _, status, usage = os.wait4(pid, 0)
     if os.WIFSIGNALED(status):
         killer = os.WTERMSIG(status)
@@ -207,6 +206,16 @@ def _boot() -> None:
         report.write("cpu time\n" if used_cpu else f"killed: {signal.Signals(killer).name}\n")
         os._exit(128 + killer)
     os._exit(os.WEXITSTATUS(status))
+
+
+@contextlib.contextmanager
+def _reporting_setup_failure(report):
+    """A sandbox that cannot be built is the caller's error, not a failure of the program."""
+    try:
+        yield
+    except OSError as error:
+        report.write(f"{SETUP_FAILED} {error}\n")
+        os._exit(1)
 
 
 def _check(result: int, what: str) -> None:
@@ -261,8 +270,8 @@ def _expose_interpreter(libc) -> None:
             os.close(handle)
 
 
-def _become_program(libc, config: dict, report, alive_read: int) -> None:
-    """PID 1 of the sandbox: drop to the program's uid under its limits, run it, report."""
+def _confine(libc, config: dict, alive_read: int) -> None:
+    """PID 1 of the sandbox, still root: a /proc of this namespace, the limits, then the uid."""
     _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     memory, cpu, uid = config["memory_bytes"], config["cpu_s"], config["uid"]
     for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
@@ -282,12 +291,16 @@ def _become_program(libc, config: dict, report, alive_read: int) -> None:
         pass
     os.close(alive_read)
     os.chdir(SCRATCH)
+
+
+def _execute(program: str, report) -> None:
+    """Run the program as __main__ and report how it ended; only a run to its end passes."""
     source = Path(SCRATCH, "program.py")
-    source.write_text(config.pop("program"))
+    source.write_text(program)  # for the lines of its tracebacks
     sys.argv = [str(source)]
     verdict, status = "passed", 0
     try:
-        exec(compile(source.read_text(), str(source), "exec"), {"__name__": "__main__"})
+        exec(compile(program, str(source), "exec"), {"__name__": "__main__"})
     except BaseException as error:  # noqa: BLE001 - every way of not finishing is a failure
         traceback.print_exception(error.with_traceback(error.__traceback__.tb_next))  # from the program's frame
         forbidden = isinstance(error, OSError) and error.errno in FORBIDDEN_ERRNOS
