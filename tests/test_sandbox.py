@@ -5,6 +5,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llm.eval.sandbox import (KEPT_OUTPUT_CHARS, MAX_PROCESSES, OUTPUT_LIMIT_BYTES, SANDBOX_UIDS,
+from llm.eval.sandbox import (DEVICES, KEPT_OUTPUT_CHARS, MAX_PROCESSES, OUTPUT_LIMIT_BYTES, SANDBOX_UIDS,
                               check_completion, humaneval_program, run_program)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,10 +134,41 @@ def test_writes_outside_the_working_directory_never_reach_the_host():
     """)
     assert inside.passed and inside.stdout == "/tmp\n"
     assert not Path(tempfile.gettempdir(), name).exists()
-    for target in (REPO / name, Path("/dev/shm", name), Path("/root", name)):
+    for target in (REPO / name, Path("/dev", name), Path("/root", name)):
         outside = run(f"open('{target}', 'w').write('escaped')")
         assert outside.reason.startswith("forbidden: [Errno 30] Read-only file system"), outside.reason
         assert not target.exists()
+
+
+def test_the_program_sees_only_harmless_devices():
+    result = run(f"""
+        import os
+        assert sorted(os.listdir("/dev")) == {sorted(Path(device).name for device in DEVICES)}
+        open("/dev/null", "w").write("discarded")
+        assert len(open("/dev/urandom", "rb").read(16)) == 16
+    """)
+    assert result.passed, result.stderr
+
+
+def closed_home() -> Path | None:
+    """The directory others cannot enter that holds this interpreter (pyenv under /root), if any."""
+    for ancestor in reversed(Path(sys.base_prefix).resolve().parents):
+        if not ancestor.stat().st_mode & 0o001:
+            return ancestor
+    return None
+
+
+@pytest.mark.skipif(closed_home() is None, reason="this interpreter lies under no closed directory")
+def test_a_closed_directory_holding_the_interpreter_shows_only_its_interpreter():
+    home = closed_home()
+    result = run(f"""
+        import os, socket, json, numpy  # the standard library, its extensions, site-packages
+        print(sorted(os.listdir("{home}")))
+    """)
+    assert result.passed, result.stderr
+    on_the_way = {Path(entry).resolve().relative_to(home).parts[0] for entry in sys.path
+                  if Path(entry).is_dir() and Path(entry).resolve().is_relative_to(home)}
+    assert result.stdout == f"{sorted(on_the_way)}\n"  # not the keys and histories beside them
 
 
 def test_the_program_cannot_regain_root_or_see_the_callers_processes():
@@ -179,6 +211,11 @@ def test_the_callers_environment_does_not_reach_the_program(monkeypatch):
     """)
     assert result.passed and "PATH" in result.stdout
     assert "hunter2" not in result.stdout and "LLM_SANDBOX_TEST_SECRET" not in result.stdout
+
+
+def test_limits_that_allow_nothing_are_refused():
+    with pytest.raises(ValueError, match="must be positive"):
+        run_program("print(1)", timeout_s=0)
 
 
 def test_the_callers_scratch_files_are_removed():

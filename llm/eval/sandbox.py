@@ -6,9 +6,10 @@ sockets, signal other processes or read secrets from the environment. Each run g
 
 - a fresh interpreter (this file run as a script with `python -I`), never a fork of a process that
   holds a model, started in its own session so that the whole group can be killed;
-- a private mount namespace where every mount is read-only and /tmp is a small private tmpfs that
-  is the working directory (nothing the program writes reaches the host's disk, and it is gone when
-  the run ends);
+- a private mount namespace where every mount is read-only, /dev holds only null, zero, full and
+  the random devices, directories others cannot enter stay closed, and /tmp is a small private
+  tmpfs that is the working directory (nothing the program writes reaches the host's disk, and it
+  is gone when the run ends);
 - a network namespace with no interfaces up (not even loopback): no connection to anything;
 - a PID namespace with a fresh /proc: the program sees only its own processes and cannot name the
   caller's; when it ends, the kernel kills whatever it left behind;
@@ -37,6 +38,7 @@ import re
 import resource
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,7 @@ MAX_PROCESSES = 32  # processes and threads of one run (RLIMIT_NPROC of its own 
 SCRATCH_MB = 64  # size of the private /tmp
 SANDBOX_UIDS = range(1 << 30, (1 << 30) + (1 << 24))  # no account lives here
 SCRATCH = "/tmp"  # the working directory, as the program sees it
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")  # all of its /dev
 ENVIRONMENT = {"PATH": "/usr/bin:/bin", "HOME": SCRATCH, "TMPDIR": SCRATCH, "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
 SETUP_FAILED = "sandbox setup failed:"  # the boot's report when it could not build the sandbox
@@ -76,6 +79,8 @@ def run_program(program: str, timeout_s: float = 5.0, memory_mb: int = 512) -> E
     """Run `program` as __main__ in the sandbox; passed when it ran to its end within every limit."""
     if os.geteuid() != 0:
         raise PermissionError("the sandbox needs root for its namespaces and uid change: run as root")
+    if timeout_s <= 0 or memory_mb <= 0:
+        raise ValueError(f"timeout_s and memory_mb must be positive, not {timeout_s} and {memory_mb}")
     uid = SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))]
     config = {"program": program, "uid": uid, "memory_bytes": memory_mb << 20,
               "cpu_s": math.ceil(timeout_s) + 1}
@@ -91,14 +96,15 @@ def run_program(program: str, timeout_s: float = 5.0, memory_mb: int = 512) -> E
         finally:
             for file in files.values():
                 file.close()
-        boot.stdin.write(json.dumps(config).encode())
-        boot.stdin.close()
+        timed_out = False
         try:
+            boot.stdin.write(json.dumps(config).encode())
+            boot.stdin.close()
             boot.wait(timeout=timeout_s)
-            timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-        _end_run(boot, uid)
+        finally:  # an interrupted caller leaves nothing running either
+            _end_run(boot, uid)
         stdout, stderr = (paths[name].read_bytes() for name in ("stdout", "stderr"))
         report = paths["report"].read_text(errors="replace").splitlines()
     reason = _reason(timed_out, max(len(stdout), len(stderr)), report, boot.returncode)
@@ -232,11 +238,13 @@ def _mount(libc, source: str, target: str, fstype: str | None, flags: int, data:
 def _seal_filesystem(libc, uid: int) -> None:
     """Every mount of this namespace read-only, then a private tmpfs on /tmp owned by the program."""
     _mount(libc, "none", "/", None, MS_REC | MS_PRIVATE)
-    _expose_interpreter(libc)
+    _cover(libc, "/dev", DEVICES, MS_NOSUID)  # no GPUs, disks, terminals or shared memory
+    for closed, paths in _closed_ancestors(sys.path).items():
+        _cover(libc, closed, paths, MS_NOSUID | MS_NODEV)
     mount_points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4].encode().decode("unicode_escape")  # \040 and friends
-        if point not in mount_points:
+        if point not in mount_points and os.path.lexists(point):  # else hidden under a cover
             mount_points.append(point)
     for point in mount_points:
         kept = os.statvfs(point).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -245,14 +253,15 @@ def _seal_filesystem(libc, uid: int) -> None:
            f"size={SCRATCH_MB}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}")
 
 
-def _expose_interpreter(libc) -> None:
-    """Let the program's uid import what this interpreter imports.
+def _closed_ancestors(import_paths: list[str]) -> dict[str, list[str]]:
+    """The import paths that lie below a directory others cannot enter, by that directory.
 
-    The interpreter may live under a directory others cannot enter (pyenv under /root, mode 0700).
-    Such a directory is covered by an empty tmpfs that others can enter, and only the import paths
-    below it are bind-mounted back: the rest of it (keys, histories) stays out of sight.
+    The interpreter may live under such a directory (pyenv under /root, mode 0700); covering it
+    with an empty tmpfs that others can enter and binding back only the import paths lets the
+    program's uid import what this interpreter imports, while the rest (keys, histories) stays out
+    of sight.
     """
-    needed = sorted({os.path.realpath(entry) for entry in sys.path if os.path.isdir(entry)})
+    needed = sorted({os.path.realpath(entry) for entry in import_paths if os.path.isdir(entry)})
     needed = [path for path in needed if not any(path.startswith(other + "/") for other in needed)]
     by_ancestor: dict[str, list[str]] = {}
     for path in needed:
@@ -261,13 +270,21 @@ def _expose_interpreter(libc) -> None:
                        if not os.stat(Path(*parts[:depth])).st_mode & 0o001), None)
         if closed is not None:
             by_ancestor.setdefault(closed, []).append(path)
-    for closed, paths in by_ancestor.items():
-        handles = [os.open(path, os.O_PATH) for path in paths]  # reachable after the cover goes on
-        _mount(libc, "tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-        for path, handle in zip(paths, handles):
+    return by_ancestor
+
+
+def _cover(libc, directory: str, keep: list[str] | tuple[str, ...], flags: int) -> None:
+    """Hide `directory` under an empty tmpfs, then bind-mount back only the paths `keep` below it."""
+    handles = [os.open(path, os.O_PATH) for path in keep]  # reachable once the cover is on
+    _mount(libc, "tmpfs", directory, "tmpfs", flags, "size=1m,mode=0755")
+    for path, handle in zip(keep, handles):
+        if stat.S_ISDIR(os.fstat(handle).st_mode):
             os.makedirs(path, exist_ok=True)
-            _mount(libc, f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
-            os.close(handle)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Path(path).touch()
+        _mount(libc, f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+        os.close(handle)
 
 
 def _confine(libc, config: dict, alive_read: int) -> None:
