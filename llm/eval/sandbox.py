@@ -64,6 +64,7 @@ CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # how /proc/self/mountinfo writes spaces, tabs, newlines
 FORBIDDEN_ERRNOS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.ENETUNREACH}  # the sandbox's walls
 
 
@@ -243,7 +244,7 @@ def _seal_filesystem(libc, uid: int) -> None:
         _cover(libc, closed, paths, MS_NOSUID | MS_NODEV)
     mount_points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")  # \040 and friends
+        point = OCTAL_ESCAPE.sub(lambda escape: chr(int(escape[1], 8)), line.split()[4])  # \040: space
         if point not in mount_points and os.path.lexists(point):  # else hidden under a cover
             mount_points.append(point)
     for point in mount_points:
@@ -319,7 +320,7 @@ def _execute(program: str, report) -> None:
     try:
         exec(compile(program, str(source), "exec"), {"__name__": "__main__"})
     except BaseException as error:  # noqa: BLE001 - every way of not finishing is a failure
-        traceback.print_exception(error.with_traceback(error.__traceback__.tb_next))  # from the program's frame
+        traceback.print_exception(error.with_traceback(error.__traceback__.tb_next))  # not this frame
         forbidden = isinstance(error, OSError) and error.errno in FORBIDDEN_ERRNOS
         verdict = f"forbidden: {error}" if forbidden else _failure(error)
         status = 1
