@@ -12,7 +12,7 @@ from llm.inference.engine import Engine
 from llm.model import attention
 from llm.train.inference import load_model
 from tests.conftest import REPO
-from tests.engine_fakes import ScriptedModel, byte_tokenizer
+from tests.engine_fakes import RecordingEngine, ScriptedModel, byte_tokenizer
 
 GREEDY = ["--max-tokens", "8", "--temperature", "0", "--device", "cpu"]
 
@@ -78,19 +78,6 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr and result.stderr.startswith("llm.chat: error:")
     assert result.stdout == ""
-
-
-class RecordingEngine(Engine):
-    """Keeps every prompt it is given; the scripted model answers "ok" after each of them."""
-
-    def __init__(self, model, tokenizer):
-        super().__init__(model, tokenizer)
-        self.prompts = []
-
-    def generate(self, tokens, *args, **kwargs):
-        self.prompts.append(list(tokens))
-        self.model.prompt_len = len(tokens)
-        return super().generate(tokens, *args, **kwargs)
 
 
 def test_history_is_rendered_in_the_chat_format():
