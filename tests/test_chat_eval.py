@@ -172,10 +172,6 @@ def test_generative_runs_the_calculator_and_passes_when_any_sample_passes():
     assert len(engine.prompts) == 3 and engine.prompts[0] == BYTES.render_for_completion(task[0])
 
 
-def sandbox_unavailable() -> str | None:
-    return None if os.geteuid() == 0 else "the sandbox needs root"
-
-
 class AdditionCodeTask:
     """HumanEval-shaped: write add(a, b); both problems test the same function, the second wrongly."""
 
@@ -196,7 +192,7 @@ class AdditionCodeTask:
         return check_completion(prompt, completion, conversation["test"], conversation["entry_point"]).passed
 
 
-@pytest.mark.skipif(sandbox_unavailable() is not None, reason="the sandbox needs root")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (CI runs as root)")
 def test_humaneval_style_task_runs_in_the_real_sandbox():
     reply = [*AdditionCodeTask.PROMPT.encode(), *b"    return a + b\n", ASSISTANT_END]
     engine = RecordingEngine(ScriptedModel([reply], 0), BYTES)
@@ -229,8 +225,8 @@ def test_wilson_interval():
 
 def test_offline_suite_reports_under_its_own_name():
     assert not set(SUITES["chatcore_offline"]) & set(SUITES["chatcore"])
-    assert list(SUITES["chatcore_offline"].values())[:3] and [t.baseline for t in SUITES["chatcore_offline"].values()] \
-        == list(REFERENCE_BASELINES.values())
+    # Task by task a stand-in of the same kind: the same baselines in the same order.
+    assert [task.baseline for task in SUITES["chatcore_offline"].values()] == list(REFERENCE_BASELINES.values())
     tasks = {"ARC-Easy-like": (ChoiceTask("AB", "AB"), 0.25)}
     report = score_suite(LastLetterModel(), BYTES, "chatcore_offline", tasks, settings(), say=lambda _: None)
     assert report["name"] == "chatcore_offline" and report["score"] == 1.0
@@ -249,6 +245,8 @@ def test_max_problems_caps_each_task_to_its_first_problems():
     assert report["tasks"]["arithmetic"]["n"] == 3
     with pytest.raises(ConfigError, match="max_problems"):
         score_suite(model, BYTES, "test", tasks, settings(max_problems=0))
+    with pytest.raises(ConfigError, match="batch_size"):
+        score_suite(model, BYTES, "test", tasks, settings(batch_size=0))
 
 
 def test_evaluate_chat_composes_the_config_and_reports_the_suite(monkeypatch, capsys):

@@ -199,6 +199,9 @@ def score_suite(model, tokenizer, name: str, tasks: dict[str, tuple[object, floa
     """Score each (task, baseline) of `tasks` as its eval_type says and report them as suite `name`."""
     if cfg.max_problems == 0 or cfg.max_problems < -1:
         raise ConfigError(f"eval.chat.max_problems must be -1 (all) or at least 1, got {cfg.max_problems}")
+    if cfg.batch_size < 1 or cfg.num_samples < 1:
+        raise ConfigError(f"eval.chat.batch_size and eval.chat.num_samples must be at least 1, "
+                          f"got {cfg.batch_size} and {cfg.num_samples}")
     device = next(model.parameters()).device
     engine = Engine(model, tokenizer)
     results = {}
