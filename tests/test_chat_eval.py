@@ -208,8 +208,11 @@ def test_suite_score_is_the_mean_centered_accuracy_with_the_reference_baselines(
     report = suite_report("chatcore", tasks, complete=True)
     assert tasks["ARC-Easy"]["centered"] == pytest.approx(1 / 3) and tasks["ARC-Challenge"]["centered"] == 0
     assert report["score"] == pytest.approx((1 / 3 + 0 + 1 + 0.1 + 0 + 0.5) / 6)
+    widths = [(task["interval"][1] - task["interval"][0]) / 2 / (1 - task["baseline"]) for task in tasks.values()]
     low, high = report["interval"]
-    assert low < report["score"] < high
+    assert high - report["score"] == pytest.approx(report["score"] - low)
+    assert high - low == pytest.approx(2 * math.sqrt(sum(w * w for w in widths)) / 6)
+    assert max(widths) / 6 < (high - low) / 2 < max(widths)  # more than one task's share, less than the widest
     assert suite_report("chatcore", tasks, complete=False)["score"] is None
 
 

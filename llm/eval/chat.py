@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
-from scipy.stats import binomtest, norm
+from scipy.stats import binomtest
 
 from llm.config.derived import ConfigError
 from llm.inference.engine import Engine
@@ -183,14 +183,16 @@ def task_result(counts: Counts, baseline: float) -> dict:
 
 def suite_report(name: str, tasks: dict[str, dict], complete: bool) -> dict:
     """The report of a suite: `score` is the mean centered accuracy when every task of the suite was
-    measured (None for a subset), with a 95% interval from the normal approximation of each task."""
+    measured (None for a subset). Its 95% interval is approximate: the tasks are independent, so
+    the half-widths of their centered Wilson intervals add in quadrature, divided by their number
+    (not degenerate at 0% or 100%, where the normal approximation's width is 0)."""
     score, interval = None, None
     if complete:
         score = sum(task["centered"] for task in tasks.values()) / len(tasks)
-        variance = sum(task["accuracy"] * (1 - task["accuracy"]) / task["n"] / (1 - task["baseline"]) ** 2
-                       for task in tasks.values()) / len(tasks) ** 2
-        z = norm.ppf(0.5 + CONFIDENCE / 2)
-        interval = [float(score - z * math.sqrt(variance)), float(score + z * math.sqrt(variance))]
+        half_widths = [(task["interval"][1] - task["interval"][0]) / 2 / (1 - task["baseline"])
+                       for task in tasks.values()]
+        half_width = math.sqrt(sum(width ** 2 for width in half_widths)) / len(tasks)
+        interval = [score - half_width, score + half_width]
     return {"score": score, "interval": interval, "name": name, "tasks": tasks}
 
 
