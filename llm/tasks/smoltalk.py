@@ -1,0 +1,28 @@
+"""SmolTalk (HuggingFaceTB/smol-smoltalk): general conversations; train 460K rows, test 24K.
+
+Real data only, from the Hub; offline, `llm.tasks.chatterbot` stands in under its own name.
+"""
+
+from llm.tasks.base import Conversation, Task, TaskError, message_problem
+from llm.tasks.sources import HUB_ENDPOINT, HubSplit, hub_rows
+
+
+class SmolTalk(Task):
+    name = "smoltalk"
+
+    def __init__(self, split: str, base: str | None = None, endpoint: str = HUB_ENDPOINT, **view):
+        super().__init__(**view)
+        if split not in ("train", "test"):
+            raise TaskError(f"SmolTalk split must be train or test, got {split!r}")
+        self.trainable = split == "train"
+        self.rows = hub_rows(HubSplit("HuggingFaceTB/smol-smoltalk", "data", split), base, endpoint)
+
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+    def get_example(self, index: int) -> Conversation:
+        messages = self.rows[index]["messages"]
+        problem = message_problem(messages, allow_system=True)
+        if problem:
+            raise TaskError(f"smoltalk row {index}: {problem}")
+        return {"messages": messages}
