@@ -18,7 +18,7 @@ from llm.tasks.spelling import SimpleSpelling, SpellingBee
 from llm.tasks.wordnet_choice import WordNetChoice
 
 GSM8K_TRAIN_ROWS = 7_473  # the stand-in gets as many problems as the real train split has
-WORDNET_MID_ROWS = 90_000  # of its 98K train questions (MMLU auxiliary_train: 100K); SFT takes the next ones
+WORDNET_MID_ROWS = 70_000  # of its 73,915 train questions (MMLU auxiliary_train: 100K); SFT takes the next ones
 ARC_TRAIN_ROWS = 2_251 + 1_119  # ARC-Easy + ARC-Challenge train
 
 
@@ -44,7 +44,7 @@ def offline_mid(base: str | None = None) -> tuple[Task, Task]:
     identity = identity_task(base)
     train = TaskMixture([
         Chatterbot("train"),                               # 1.9K short dialogues
-        WordNetChoice("train", stop=WORDNET_MID_ROWS),     # 90K definition questions
+        WordNetChoice("train", stop=WORDNET_MID_ROWS),     # 70K definition questions
         GSMSymbolic(GSM8K_TRAIN_ROWS, "train", base),
         identity, identity,
         SimpleSpelling(200_000, "train", "wamerican"),
