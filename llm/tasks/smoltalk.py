@@ -17,9 +17,6 @@ class SmolTalk(Task):
         self.trainable = split == "train"
         self.rows = hub_rows(HubSplit("HuggingFaceTB/smol-smoltalk", "data", split), base, endpoint)
 
-    def num_examples(self) -> int:
-        return len(self.rows)
-
     def get_example(self, index: int) -> Conversation:
         messages = self.rows[index]["messages"]
         problem = message_problem(messages, allow_system=True)
