@@ -22,6 +22,11 @@ class TaskError(ValueError):
     """A task that cannot be built as asked; the message names the fix."""
 
 
+def check_split(task: str, split: str, allowed: Sequence[str] = ("train", "test")) -> None:
+    if split not in allowed:
+        raise TaskError(f"{task} split must be one of {'|'.join(allowed)}, got {split!r}")
+
+
 class Task:
     """A view `start:stop:step` over `num_examples()` conversations.
 

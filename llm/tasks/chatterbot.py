@@ -9,7 +9,7 @@ to the test split (about 100 conversations) so that train and test never share a
 import numpy as np
 import yaml
 
-from llm.tasks.base import Conversation, Task, TaskError
+from llm.tasks.base import Conversation, Task, check_split
 from llm.tasks.sources import package_file
 
 REQUIREMENT = "chatterbot-corpus==1.3.3"
@@ -34,8 +34,7 @@ class Chatterbot(Task):
 
     def __init__(self, split: str, **view):
         super().__init__(**view)
-        if split not in ("train", "test"):
-            raise TaskError(f"chatterbot split must be train or test, got {split!r}")
+        check_split(self.name, split)
         self.trainable = split == "train"
         dialogues = load_dialogues()
         shuffled = [dialogues[i] for i in np.random.default_rng(42).permutation(len(dialogues))]

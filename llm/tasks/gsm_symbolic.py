@@ -18,7 +18,7 @@ import types
 import zipfile
 from typing import Any, Callable
 
-from llm.tasks.base import Conversation, Task, TaskError
+from llm.tasks.base import Conversation, Task, TaskError, check_split
 from llm.tasks.gsm8k import final_answer_score
 from llm.tasks.sources import Wheel
 
@@ -64,8 +64,7 @@ class GSMSymbolic(Task):
 
     def __init__(self, size: int, split: str = "train", base: str | None = None, **view):
         super().__init__(**view)
-        if split not in ("train", "test"):
-            raise TaskError(f"gsm_symbolic split must be train or test, got {split!r}")
+        check_split(self.name, split)
         self.size, self.split = size, split
         self.trainable = split == "train"
         with REASONING_GYM.open(base) as wheel:

@@ -15,7 +15,7 @@ import random
 import re
 from pathlib import Path
 
-from llm.tasks.base import Conversation, Task, TaskError
+from llm.tasks.base import Conversation, Task, TaskError, check_split
 from llm.tasks.gsm8k import final_answer_score
 from llm.tasks.sources import debian_file, url_file
 
@@ -109,8 +109,7 @@ class _Spelling(Task):
     def __init__(self, size: int = 1000, split: str = "train", words: str = "wamerican",
                  base: str | None = None, **view):
         super().__init__(**view)
-        if split not in ("train", "test"):
-            raise TaskError(f"{self.base_name} split must be train or test, got {split!r}")
+        check_split(self.base_name, split)
         self.size, self.split = size, split
         self.trainable = split == "train"
         self.name = self.base_name if words == "dwyl" else f"{self.base_name}_{words}"

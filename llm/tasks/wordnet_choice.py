@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from llm.tasks.base import Conversation, MultipleChoice, TaskError, render_multiple_choice
+from llm.tasks.base import Conversation, MultipleChoice, check_split, render_multiple_choice
 from llm.tasks.sources import debian_file
 
 LETTERS = ("A", "B", "C", "D")
@@ -51,8 +51,7 @@ class WordNetChoice(MultipleChoice):
 
     def __init__(self, split: str, **view):
         super().__init__(**view)
-        if split not in ("train", "test"):
-            raise TaskError(f"wordnet_choice split must be train or test, got {split!r}")
+        check_split(self.name, split)
         self.split = split
         self.trainable = split == "train"
         self.questions = []  # (part of speech, synset number within it)
