@@ -1,6 +1,7 @@
 """Chat tasks on their offline sources: loaders, conversation formats, evaluation, mixtures."""
 
 import json
+import math
 import random
 import sys
 
@@ -11,7 +12,8 @@ from llm.tasks.base import Task, TaskError, TaskMixture, TaskSequence, render_mu
 from llm.tasks.chatterbot import Chatterbot
 from llm.tasks.customjson import CustomJSON
 from llm.tasks.gsm8k import extract_answer, solution_parts
-from llm.tasks.gsm_symbolic import GSMSymbolic
+from llm.inference.calculator import calculate
+from llm.tasks.gsm_symbolic import GSMSymbolic, annotate_calculations
 from llm.tasks.humaneval import HumanEval, checking_program, completion_code
 from llm.tasks.identity import identity_conversations, identity_task, write_identity_file
 from llm.tasks.mmlu import MMLU
@@ -116,12 +118,21 @@ def test_gsm8k_calculations_become_tool_parts():
     assert extract_answer("so #### -1,210.5 done") == "-1210.5" and extract_answer("no marker") is None
 
 
+def test_checked_calculations_are_annotated_as_in_gsm8k():
+    text = "So 3 x $4.50 = $13.50, then 2 + 2 = 5 (wrong), 1,000 / 4 = 250 and 5 apples - 2 apples = 3."
+    assert annotate_calculations(text) == (
+        "So 3 x $4.50 = $<<3*4.50=13.50>>13.50, then 2 + 2 = 5 (wrong), 1,000 / 4 = <<1000/4=250>>250 "
+        "and 5 apples - 2 apples = 3.")
+
+
 def test_gsm_symbolic_stand_in():
     task = GSMSymbolic(50, base=DATA_HOME)
     assert task.name == "gsm_symbolic" and len(task.templates) == 85
+    parts = [part for i in range(50) for part in task[i]["messages"][1]["content"]]
+    calls = [(call["text"], output["text"]) for call, output in zip(parts, parts[1:]) if call["type"] == "python"]
+    assert len(calls) > 50 and all(math.isclose(calculate(call), float(output)) for call, output in calls)
     conversation = task[7]
-    solution = conversation["messages"][1]["content"][0]["text"]
-    answer = extract_answer(solution)
+    answer = extract_answer(conversation["messages"][1]["content"][-1]["text"])
     assert answer is not None and conversation == GSMSymbolic(50, base=DATA_HOME)[7]
     assert task.evaluate(conversation, f"... #### {answer}") == 1
     assert task.evaluate(conversation, f"#### {answer}1") == 0

@@ -6,20 +6,27 @@ real GSM8K test results.
 The generators are read out of the pinned reasoning-gym wheel in the data home (installing it
 would pull ~350 MB of dependencies the generators do not use) and run with only the standard
 library; only the templates reasoning-gym marks as correct (`tasks_ok`) are used. Example i draws
-its template and numbers from a generator seeded with i (train) or 10,000,000 + i (test). The
-worked solution has no calculator annotations, so the assistant answer is one text part ending in
-`#### N`, scored like GSM8K.
+its template and numbers from a generator seeded with i (train) or 10,000,000 + i (test).
+
+The worked solutions have no calculator annotations, so each calculation written with bare
+numbers (`28 * 3 = 84`) whose value the project's calculator confirms is annotated as GSM8K does
+(`28 * 3 = <<28*3=84>>84`) and becomes a python/python_output pair; about two thirds of the
+solutions get at least one. Steps written with units (`50 patients/day * 7 days`) stay text.
+Answers end in `#### N` and are scored like GSM8K.
 """
 
 import ast
 import builtins
+import math
 import random
+import re
 import types
 import zipfile
 from typing import Any, Callable
 
 from llm.tasks.base import Conversation, Task, TaskError, check_split
-from llm.tasks.gsm8k import final_answer_score
+from llm.inference.calculator import calculate
+from llm.tasks.gsm8k import final_answer_score, solution_parts
 from llm.tasks.sources import Wheel
 
 REASONING_GYM = Wheel("reasoning-gym", "0.1.25", "7f17a3eddb13c015d7d4a755ed576a061df889faf9468bcc2cca334ebe9e0435")
@@ -27,6 +34,21 @@ PACKAGE_DIR = "reasoning_gym/arithmetic/gsm_symbolic"
 GENERATOR_FILES = ("generators_00_49.py", "generators_50_99.py")
 TEST_SEED_OFFSET = 10_000_000
 Generator = Callable[[random.Random, float], dict[str, Any]]
+NUMBER = r"\d+(?:[.,]\d+)*"
+# numbers joined by + - * / x (an optional $ on each), then "=", then the written result
+CALCULATION = re.compile(rf"(?<![\w.$])(\$?{NUMBER}(?:\s*[-+*/x×]\s*\$?{NUMBER})+)(\s*=\s*\$?)({NUMBER})(?!\w)")
+
+
+def annotate_calculations(solution: str) -> str:
+    """Mark each calculation the calculator confirms as GSM8K's `<<expression=result>>`."""
+    def annotate(match: re.Match) -> str:
+        written, equals, result = match.groups()
+        expression = re.sub(r"[x×]", "*", written).replace("$", "").replace(" ", "").replace(",", "")
+        value = calculate(expression)
+        if value is None or not math.isclose(value, float(result.replace(",", "")), rel_tol=1e-9, abs_tol=1e-9):
+            return match.group(0)
+        return f"{written}{equals}<<{expression}={result}>>{result}"
+    return CALCULATION.sub(annotate, solution)
 
 
 def _ok_templates(wheel: zipfile.ZipFile) -> list[int]:
@@ -78,7 +100,7 @@ class GSMSymbolic(Task):
         rng = random.Random(index if self.split == "train" else TEST_SEED_OFFSET + index)
         problem = rng.choice(self.templates)(rng, 1.0)
         return {"messages": [{"role": "user", "content": problem["question"]},
-                             {"role": "assistant", "content": [{"type": "text", "text": problem["metadata"]["answer_cot"]}]}]}
+                             {"role": "assistant", "content": solution_parts(annotate_calculations(problem["metadata"]["answer_cot"]))}]}
 
     def evaluate(self, conversation: Conversation, completion: str) -> int:
         return final_answer_score(conversation, completion)
