@@ -177,3 +177,32 @@ def test_a_single_file_is_checked_by_content(tmp_path, hub):
     hub.files["x/y"]["lists/words.txt"] = b"apple\nbanana\n"
     path = url_file(url, str(tmp_path), is_valid=lambda path: path.read_text().split() == ["apple", "banana"], backoff_s=0)
     assert path.read_text() == "apple\nbanana\n"
+
+
+def test_the_reference_stage_mixtures_compose_from_downloaded_files(tmp_path):
+    """Downloaded splits (parquet + manifest) and word list in place: the stages build with no network."""
+    from llm.tasks.mixtures import reference_mid, reference_sft
+    from llm.tasks.spelling import DWYL_URL
+    from llm.tasks.sources import tasks_home, write_atomically
+    mc = {"question": "q", "subject": "s", "choices": ["1", "2", "3", "4"], "answer": 0}
+    arc = {"question": "q", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "A"}
+    gsm = {"question": "q", "answer": "<<1+1=2>>2\n#### 2"}
+    splits = {("HuggingFaceTB/smol-smoltalk", "data", "train"): smoltalk_rows(12),
+              ("HuggingFaceTB/smol-smoltalk", "data", "test"): smoltalk_rows(4),
+              ("cais/mmlu", "auxiliary_train", "train"): [{"train": mc}] * 5, ("cais/mmlu", "all", "test"): [mc] * 6,
+              ("openai/gsm8k", "main", "train"): [gsm] * 3, ("openai/gsm8k", "main", "test"): [gsm] * 2,
+              ("allenai/ai2_arc", "ARC-Easy", "train"): [arc] * 2, ("allenai/ai2_arc", "ARC-Challenge", "train"): [arc]}
+    for (repo, folder, split), rows in splits.items():
+        directory = HubSplit(repo, folder, split).local_dir(str(tmp_path))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{split}-00000-of-00001.parquet").write_bytes(parquet_bytes(rows))
+        write_atomically(directory / f"{split}.manifest.json", json.dumps({"files": [f"{split}-00000-of-00001.parquet"]}))
+    words = ["apple", "banana", "cherry"] * 100_001  # what the content check expects of words_alpha.txt
+    write_atomically(tasks_home(str(tmp_path)) / DWYL_URL.rsplit("/", 1)[-1], "\r\n".join(words) + "\r\n")
+    mid, mid_validation = reference_mid(str(tmp_path))
+    assert [task.name for task in mid.tasks] == ["smoltalk", "mmlu_auxiliary_train", "gsm8k", "identity", "identity",
+                                                 "simple_spelling", "spellingbee"]
+    assert len(mid) == 12 + 5 + 3 + 2_000 + 280_000 and len(mid_validation) == 4 + 6 + 2
+    sft, sft_validation = reference_sft(str(tmp_path))
+    assert [task.name for task in sft.tasks][:2] == ["arc_easy", "arc_challenge"]
+    assert len(sft) == 2 + 1 + 3 + 12 + 1_000 + 600 and sft_validation.name == "smoltalk"
