@@ -17,6 +17,7 @@ from llm.tasks.gsm_symbolic import GSMSymbolic, annotate_calculations
 from llm.tasks.humaneval import HumanEval, checking_program, completion_code
 from llm.tasks.identity import identity_conversations, identity_task, write_identity_file
 from llm.tasks.mmlu import MMLU
+from llm.tasks.quiz_facts import QuizFacts, first_spelling
 from llm.tasks.sources import Wheel, package_file
 from llm.tasks.spelling import SimpleSpelling, SpellingBee
 from llm.tasks.wordnet_choice import WordNetChoice
@@ -161,6 +162,20 @@ def test_wordnet_choice_stand_in():
     assert task.evaluate(conversation, answer) == 1 and task.evaluate(conversation, "ABCD"[("ABCD".index(answer) + 1) % 4]) == 0
 
 
+def test_quiz_facts_stand_in():
+    assert [first_spelling(field) for field in ("Andorra la V[ell|iej]a", "{G{eorge} }Washington", "forget{-| }me{-| }not",
+                                                 "Bras['\bi|i\b'|i]lia", "Alabama|Ala|AL")] == [
+        "Andorra la Vella", "Washington", "forget-me-not", "Brasilia", "Alabama"]
+    train, test = QuizFacts("train"), QuizFacts("test")
+    assert (train.name, len(train), len(test), test.trainable) == ("quiz_facts", 794, 96, False)
+    questions = {train[i]["messages"][0]["content"].splitlines()[0] for i in range(len(train))}
+    assert "Multiple Choice question: What is the capital of Denmark?" in questions
+    conversation = test[0]
+    answer = conversation["messages"][1]["content"]
+    assert conversation["messages"][0]["content"].count("\n- ") == 4 and answer in "ABCD"
+    assert test.evaluate(conversation, answer) == 1 and test.evaluate(conversation, "ABCD"[("ABCD".index(answer) + 2) % 4]) == 0
+
+
 def test_spelling_bee_counts_and_scores():
     task = SpellingBee(200, "train")
     assert task.name == "spellingbee_wamerican" and task.eval_type == "generative"
@@ -244,4 +259,5 @@ def test_offline_stage_mixtures_use_stand_ins_under_their_own_names():
     # chatterbot 1,923 + wordnet 70,000 + gsm_symbolic 7,473 + identity 2 x 1,000 + spelling 200,000 + 80,000
     assert len(mid) == 1_923 + 70_000 + 7_473 + 2_000 + 280_000
     assert [task.name for task in mid_validation.tasks] == ["chatterbot", "mmlu", "gsm_symbolic"]
+    assert [task.name for task in sft.tasks][:2] == ["quiz_facts", "wordnet_choice"]
     assert len(sft) == 3_370 + 7_473 + 1_923 + 1_000 + 600 and sft_validation.name == "chatterbot"

@@ -1,8 +1,8 @@
 """The reference's stage mixtures (scripts/mid_train.py, scripts/chat_sft.py) and their offline
 stand-ins. Each function returns (train, validation); the real ones download on first use.
 
-Stand-ins keep their own names: chatterbot for SmolTalk, wordnet_choice for MMLU auxiliary_train
-and ARC, gsm_symbolic for GSM8K, the wamerican word list for the spelling tasks. MMLU test and
+Stand-ins keep their own names: chatterbot for SmolTalk, wordnet_choice for MMLU auxiliary_train,
+quiz_facts topped up with wordnet_choice for ARC, gsm_symbolic for GSM8K, the wamerican word list for the spelling tasks. MMLU test and
 HumanEval are real offline.
 """
 
@@ -13,6 +13,7 @@ from llm.tasks.gsm8k import GSM8K
 from llm.tasks.gsm_symbolic import GSMSymbolic
 from llm.tasks.identity import identity_task
 from llm.tasks.mmlu import MMLU
+from llm.tasks.quiz_facts import QuizFacts
 from llm.tasks.smoltalk import SmolTalk
 from llm.tasks.spelling import SimpleSpelling, SpellingBee
 from llm.tasks.wordnet_choice import WordNetChoice
@@ -72,8 +73,10 @@ def reference_sft(base: str | None = None) -> tuple[Task, Task]:
 
 
 def offline_sft(base: str | None = None) -> tuple[Task, Task]:
+    facts = QuizFacts("train")  # 794 knowledge questions, topped up to ARC's row count with unseen wordnet ones
     train = TaskMixture([
-        WordNetChoice("train", start=WORDNET_MID_ROWS, stop=WORDNET_MID_ROWS + ARC_TRAIN_ROWS),  # unseen in mid
+        facts,
+        WordNetChoice("train", start=WORDNET_MID_ROWS, stop=WORDNET_MID_ROWS + ARC_TRAIN_ROWS - len(facts)),
         GSMSymbolic(GSM8K_TRAIN_ROWS, "train", base),
         Chatterbot("train", stop=10_000),
         identity_task(base),
