@@ -3,7 +3,7 @@ choices. Real data only, from the Hub; offline, `llm.tasks.wordnet_choice` stand
 name (it is not ARC).
 """
 
-from llm.tasks.base import Conversation, MultipleChoice, TaskError, render_multiple_choice
+from llm.tasks.base import Conversation, MultipleChoice, TaskError, choice_conversation
 from llm.tasks.sources import HUB_ENDPOINT, HubSplit, hub_rows
 
 SUBSETS = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}
@@ -24,6 +24,4 @@ class ARC(MultipleChoice):
         letters, choices = row["choices"]["label"], row["choices"]["text"]
         if row["answerKey"] not in letters:
             raise TaskError(f"{self.name} row {index}: answer {row['answerKey']!r} is not one of {letters}")
-        return {"messages": [{"role": "user", "content": render_multiple_choice(row["question"], letters, choices)},
-                             {"role": "assistant", "content": row["answerKey"]}],
-                "letters": letters}
+        return choice_conversation(row["question"], letters, choices, row["answerKey"])

@@ -16,15 +16,11 @@ from typing import Any, Sequence
 
 Conversation = dict[str, Any]
 MIXTURE_SEED = 42
+TEST_SEED_OFFSET = 10_000_000  # generated tasks seed test example i with this + i: above any train index
 
 
 class TaskError(ValueError):
     """A task that cannot be built as asked; the message names the fix."""
-
-
-def check_split(task: str, split: str, allowed: Sequence[str] = ("train", "test")) -> None:
-    if split not in allowed:
-        raise TaskError(f"{task} split must be one of {'|'.join(allowed)}, got {split!r}")
 
 
 class Task:
@@ -45,6 +41,16 @@ class Task:
             raise TaskError(f"{type(self).__name__}: need 0 <= start <= stop and step >= 1, "
                             f"got start={start} stop={stop} step={step}")
         self.start, self.stop, self.step = start, stop, step
+
+    def use_split(self, split: str, allowed: Sequence[str] = ("train", "test")) -> None:
+        """Check the split's name; only a train split may be trained on."""
+        if split not in allowed:
+            raise TaskError(f"{self.name} split must be one of {'|'.join(allowed)}, got {split!r}")
+        self.split, self.trainable = split, split == "train"
+
+    def example_rng(self, index: int) -> random.Random:
+        """The generator of example `index` of a generated task: the same example every time."""
+        return random.Random(index if self.split == "train" else TEST_SEED_OFFSET + index)
 
     def num_examples(self) -> int:
         """Tasks read from a table keep its rows in `self.rows`; generated tasks override this."""
@@ -132,10 +138,24 @@ def render_multiple_choice(question: str, letters: Sequence[str], choices: Seque
     return "\n".join(lines) + "\n\nRespond only with the letter of the correct answer."
 
 
+def choice_conversation(question: str, letters: Sequence[str], choices: Sequence[str], answer: str) -> Conversation:
+    """A multiple-choice conversation: the rendered question, the answer's letter, the letters."""
+    return {"messages": [{"role": "user", "content": render_multiple_choice(question, letters, choices)},
+                         {"role": "assistant", "content": answer}],
+            "letters": letters}
+
+
 class MultipleChoice(Task):
     """A categorical task whose answer is one letter; subclasses build the conversations."""
 
     eval_type = "categorical"
+    letters = ("A", "B", "C", "D")
+
+    def generated_question(self, rng: random.Random, question: str, answer: str, distractors: Sequence[str]) -> Conversation:
+        """A generated question: the answer put among the distractors at a uniformly drawn letter."""
+        position = rng.randrange(len(self.letters))
+        choices = [*distractors[:position], answer, *distractors[position:]]
+        return choice_conversation(question, self.letters, choices, self.letters[position])
 
     def evaluate(self, conversation: Conversation, completion: str) -> int:
         letters = conversation["letters"]

@@ -9,7 +9,7 @@ to the test split (about 100 conversations) so that train and test never share a
 import numpy as np
 import yaml
 
-from llm.tasks.base import Conversation, Task, check_split
+from llm.tasks.base import Conversation, Task
 from llm.tasks.sources import package_file
 
 REQUIREMENT = "chatterbot-corpus==1.3.3"
@@ -34,8 +34,7 @@ class Chatterbot(Task):
 
     def __init__(self, split: str, **view):
         super().__init__(**view)
-        check_split(self.name, split)
-        self.trainable = split == "train"
+        self.use_split(split)
         dialogues = load_dialogues()
         shuffled = [dialogues[i] for i in np.random.default_rng(42).permutation(len(dialogues))]
         in_test = split == "test"

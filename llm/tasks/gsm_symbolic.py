@@ -24,7 +24,7 @@ import types
 import zipfile
 from typing import Any, Callable
 
-from llm.tasks.base import Conversation, Task, TaskError, check_split
+from llm.tasks.base import Conversation, Task, TaskError
 from llm.inference.calculator import calculate
 from llm.tasks.gsm8k import final_answer_score, solution_parts
 from llm.tasks.sources import Wheel
@@ -32,7 +32,6 @@ from llm.tasks.sources import Wheel
 REASONING_GYM = Wheel("reasoning-gym", "0.1.25", "7f17a3eddb13c015d7d4a755ed576a061df889faf9468bcc2cca334ebe9e0435")
 PACKAGE_DIR = "reasoning_gym/arithmetic/gsm_symbolic"
 GENERATOR_FILES = ("generators_00_49.py", "generators_50_99.py")
-TEST_SEED_OFFSET = 10_000_000
 Generator = Callable[[random.Random, float], dict[str, Any]]
 NUMBER = r"\d+(?:[.,]\d+)*"
 # numbers joined by + - * / x (an optional $ on each), then "=", then the written result
@@ -86,9 +85,8 @@ class GSMSymbolic(Task):
 
     def __init__(self, size: int, split: str = "train", base: str | None = None, **view):
         super().__init__(**view)
-        check_split(self.name, split)
-        self.size, self.split = size, split
-        self.trainable = split == "train"
+        self.use_split(split)
+        self.size = size
         with REASONING_GYM.open(base) as wheel:
             generators = load_generators(wheel)
             self.templates = [generators[number] for number in _ok_templates(wheel)]
@@ -97,7 +95,7 @@ class GSMSymbolic(Task):
         return self.size
 
     def get_example(self, index: int) -> Conversation:
-        rng = random.Random(index if self.split == "train" else TEST_SEED_OFFSET + index)
+        rng = self.example_rng(index)
         problem = rng.choice(self.templates)(rng, 1.0)
         return {"messages": [{"role": "user", "content": problem["question"]},
                              {"role": "assistant", "content": solution_parts(annotate_calculations(problem["metadata"]["answer_cot"]))}]}

@@ -10,7 +10,7 @@ import json
 
 import pyarrow as pa
 
-from llm.tasks.base import Conversation, MultipleChoice, TaskError, render_multiple_choice
+from llm.tasks.base import Conversation, MultipleChoice, TaskError, choice_conversation
 from llm.tasks.sources import HUB_ENDPOINT, HubSplit, ShuffledRows, Wheel, hub_rows
 
 LETTERS = ("A", "B", "C", "D")
@@ -58,6 +58,5 @@ class MMLU(MultipleChoice):
         row = row.get("train", row)  # auxiliary_train nests each row under a 'train' column
         if len(row["choices"]) != len(LETTERS):
             raise TaskError(f"{self.name} row {index} has {len(row['choices'])} choices, expected 4")
-        return {"messages": [{"role": "user", "content": render_multiple_choice(row["question"], LETTERS, row["choices"])},
-                             {"role": "assistant", "content": LETTERS[row["answer"]]}],
-                "subject": row["subject"], "letters": LETTERS}
+        return {**choice_conversation(row["question"], LETTERS, row["choices"], LETTERS[row["answer"]]),
+                "subject": row["subject"]}

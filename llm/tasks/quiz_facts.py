@@ -10,18 +10,15 @@ of questions; distractors are other answers of the same family, so every choice 
 Every 10th fact of a family goes to the test split; draws are seeded by the example's index.
 """
 
-import random
 import re
 
 import numpy as np
 
-from llm.tasks.base import Conversation, MultipleChoice, TaskError, check_split, render_multiple_choice
+from llm.tasks.base import Conversation, MultipleChoice, TaskError
 from llm.tasks.sources import debian_file
 
-LETTERS = ("A", "B", "C", "D")
 QUIZ_DIR = "/usr/share/games/bsdgames/quiz"
 TEST_EVERY = 10
-TEST_SEED_OFFSET = 10_000_000
 
 # file -> [(question with {0}, {1}... for the line's fields, number of the answer field)]
 FAMILIES = {
@@ -73,16 +70,14 @@ class QuizFacts(MultipleChoice):
 
     def __init__(self, split: str, **view):
         super().__init__(**view)
-        check_split(self.name, split)
-        self.split = split
-        self.trainable = split == "train"
+        self.use_split(split)
         self.questions = []  # (question text, answer, the family's other answers)
         for filename, families in FAMILIES.items():
             facts = read_facts(filename)
             for template, answer_field in families:
                 usable = [fields for fields in facts if len(fields) > answer_field]
                 answers = sorted({fields[answer_field] for fields in usable})
-                if len(answers) < len(LETTERS):
+                if len(answers) < len(self.letters):
                     raise TaskError(f"{QUIZ_DIR}/{filename} has too few answers; reinstall bsdgames")
                 for number, fields in enumerate(usable):
                     if (number % TEST_EVERY == 0) == (split == "test"):
@@ -94,10 +89,6 @@ class QuizFacts(MultipleChoice):
 
     def get_example(self, index: int) -> Conversation:
         question, answer, answers = self.questions[self.order[index]]
-        rng = random.Random(index if self.split == "train" else TEST_SEED_OFFSET + index)
-        distractors = rng.sample([other for other in answers if other != answer], len(LETTERS) - 1)
-        position = rng.randrange(len(LETTERS))
-        choices = distractors[:position] + [answer] + distractors[position:]
-        return {"messages": [{"role": "user", "content": render_multiple_choice(question, LETTERS, choices)},
-                             {"role": "assistant", "content": LETTERS[position]}],
-                "letters": LETTERS}
+        rng = self.example_rng(index)
+        distractors = rng.sample([other for other in answers if other != answer], len(self.letters) - 1)
+        return self.generated_question(rng, question, answer, distractors)

@@ -3,7 +3,7 @@
 Real data only, from the Hub; offline, `llm.tasks.chatterbot` stands in under its own name.
 """
 
-from llm.tasks.base import Conversation, Task, TaskError, check_split, message_problem
+from llm.tasks.base import Conversation, Task, TaskError, message_problem
 from llm.tasks.sources import HUB_ENDPOINT, HubSplit, hub_rows
 
 
@@ -12,8 +12,7 @@ class SmolTalk(Task):
 
     def __init__(self, split: str, base: str | None = None, endpoint: str = HUB_ENDPOINT, **view):
         super().__init__(**view)
-        check_split(self.name, split)
-        self.trainable = split == "train"
+        self.use_split(split)
         self.rows = hub_rows(HubSplit("HuggingFaceTB/smol-smoltalk", "data", split), base, endpoint)
 
     def get_example(self, index: int) -> Conversation:

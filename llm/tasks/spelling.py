@@ -15,14 +15,13 @@ import random
 import re
 from pathlib import Path
 
-from llm.tasks.base import Conversation, Task, TaskError, check_split
+from llm.tasks.base import Conversation, Task, TaskError
 from llm.tasks.gsm8k import final_answer_score
 from llm.tasks.sources import debian_file, url_file
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 DWYL_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
 WAMERICAN_PATH = "/usr/share/dict/american-english"
-TEST_SEED_OFFSET = 10_000_000  # above any train index, so train and test seeds never meet
 WORD = re.compile(r"[a-z]+")
 
 # Ways people ask, in several languages; a third of them arrive lower-cased and half without "?".
@@ -109,24 +108,20 @@ class _Spelling(Task):
     def __init__(self, size: int = 1000, split: str = "train", words: str = "wamerican",
                  base: str | None = None, **view):
         super().__init__(**view)
-        check_split(self.base_name, split)
-        self.size, self.split = size, split
-        self.trainable = split == "train"
         self.name = self.base_name if words == "dwyl" else f"{self.base_name}_{words}"
+        self.use_split(split)
+        self.size = size
         self.words = read_words(words, base)
 
     def num_examples(self) -> int:
         return self.size
-
-    def rng(self, index: int) -> random.Random:
-        return random.Random(index if self.split == "train" else TEST_SEED_OFFSET + index)
 
 
 class SpellingBee(_Spelling):
     base_name = "spellingbee"
 
     def get_example(self, index: int) -> Conversation:
-        rng = self.rng(index)
+        rng = self.example_rng(index)
         word = rng.choice(self.words)
         letter = rng.choice(word) if rng.random() < 0.9 else rng.choice(ALPHABET)  # sometimes absent
         count = word.count(letter)
@@ -163,6 +158,6 @@ class SimpleSpelling(_Spelling):
         random.Random(42).shuffle(self.words)  # not the order SpellingBee draws from
 
     def get_example(self, index: int) -> Conversation:
-        word = self.rng(index).choice(self.words)
+        word = self.example_rng(index).choice(self.words)
         return {"messages": [{"role": "user", "content": f"Spell the word: {word}"},
                              {"role": "assistant", "content": spelled(word)}]}

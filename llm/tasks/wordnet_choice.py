@@ -8,18 +8,15 @@ the distractors, and the answer's letter is drawn uniformly. Every 10th synset (
 to the test split; draws are seeded by the example's index, so an example never changes.
 """
 
-import random
 import re
 
 import numpy as np
 
-from llm.tasks.base import Conversation, MultipleChoice, check_split, render_multiple_choice
+from llm.tasks.base import Conversation, MultipleChoice
 from llm.tasks.sources import debian_file
 
-LETTERS = ("A", "B", "C", "D")
 PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
 TEST_EVERY = 10
-TEST_SEED_OFFSET = 10_000_000
 
 
 def _gives_away(words: list[str], definition: str) -> bool:
@@ -51,9 +48,7 @@ class WordNetChoice(MultipleChoice):
 
     def __init__(self, split: str, **view):
         super().__init__(**view)
-        check_split(self.name, split)
-        self.split = split
-        self.trainable = split == "train"
+        self.use_split(split)
         self.questions = []  # (part of speech, synset number within it)
         self.synsets = {pos: read_synsets(pos) for pos in PARTS_OF_SPEECH}
         for pos, synsets in self.synsets.items():
@@ -67,15 +62,10 @@ class WordNetChoice(MultipleChoice):
     def get_example(self, index: int) -> Conversation:
         pos, number = self.questions[self.order[index]]
         words, definition = self.synsets[pos][number]
-        rng = random.Random(index if self.split == "train" else TEST_SEED_OFFSET + index)
+        rng = self.example_rng(index)
         distractors: list[str] = []
-        while len(distractors) < len(LETTERS) - 1:
+        while len(distractors) < len(self.letters) - 1:
             candidate = rng.choice(self.synsets[pos])[0][0]
             if candidate not in words and candidate not in distractors:
                 distractors.append(candidate)
-        answer = rng.randrange(len(LETTERS))
-        choices = distractors[:answer] + [words[0]] + distractors[answer:]
-        question = f'Which word means "{definition}"?'
-        return {"messages": [{"role": "user", "content": render_multiple_choice(question, LETTERS, choices)},
-                             {"role": "assistant", "content": LETTERS[answer]}],
-                "letters": LETTERS}
+        return self.generated_question(rng, f'Which word means "{definition}"?', words[0], distractors)
