@@ -111,7 +111,11 @@ def test_a_split_downloads_checks_and_then_works_offline(hub, tmp_path):
     assert [train[i]["messages"][1]["content"] for i in range(len(train))] == [f"question {j}" for j in order]
     assert train.trainable and not SmolTalk("test", base=str(tmp_path), endpoint=hub.url).trainable
     assert hub.downloads("README.txt") == 0
-    # The manifest marks the split complete: a second load asks the server nothing.
+    # A deleted file is fetched again (and only it); the other shard is checked, not downloaded.
+    (HubSplit(repo, "data", "train").local_dir(str(tmp_path)) / "train-00001-of-00002.parquet").unlink()
+    assert len(SmolTalk("train", base=str(tmp_path), endpoint=hub.url)) == 5
+    assert (hub.downloads("train-00000-of-00002.parquet"), hub.downloads("train-00001-of-00002.parquet")) == (1, 2)
+    # The manifest marks the split complete: a later load asks the server nothing.
     hub.server.shutdown()
     assert len(SmolTalk("train", base=str(tmp_path), endpoint=hub.url)) == 5
 

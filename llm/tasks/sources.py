@@ -79,7 +79,7 @@ def hub_split_files(split: HubSplit, base: str | None = None, endpoint: str = HU
     directory = split.local_dir(base)
     manifest = directory / f"{split.split}.manifest.json"
     with exclusive_lock(directory / ".download.lock"):
-        if not manifest.exists():
+        if _complete_files(manifest) is None:
             remote = [entry for entry in HfApi(endpoint=endpoint).list_repo_tree(
                           split.repo, split.directory, repo_type="dataset")
                       if isinstance(entry, RepoFile) and entry.path.endswith(".parquet")
@@ -95,7 +95,15 @@ def hub_split_files(split: HubSplit, base: str | None = None, endpoint: str = HU
                              is_valid=lambda path, entry=entry: _matches_remote(path, entry))
             names = sorted(Path(entry.path).name for entry in remote)
             write_atomically(manifest, json.dumps({"files": names}))
-    return [directory / name for name in json.loads(manifest.read_text())["files"]]
+    return _complete_files(manifest)
+
+
+def _complete_files(manifest: Path) -> list[Path] | None:
+    """The files a manifest lists, or None when it is absent or one of them has been deleted."""
+    if not manifest.exists():
+        return None
+    paths = [manifest.parent / name for name in json.loads(manifest.read_text())["files"]]
+    return paths if all(path.exists() for path in paths) else None
 
 
 class ShuffledRows:
