@@ -10,6 +10,7 @@ from llm.config.schema import OptimConfig
 from llm.optim import (DistMuonAdamW, MuonAdamW, apply_schedules, build_optimizer, lr_multiplier,
                        muon_momentum, weight_decay_at)
 from llm.optim.muon_adamw import adamw_update, as_scalar, fused_adamw_update, polar_express
+from llm.optim.schedules import lr_phases
 
 # Amsel et al., "The Polar Express" (arXiv:2505.16932): 5 iterations, safety 2e-2, cushion 2.
 PAPER_COEFFICIENTS = [
@@ -231,6 +232,16 @@ def test_lr_multiplier_warmup_hold_warmdown():
     # Step counts are rounded half to even: 0.5 * 5 = 2.5 -> 2 warmdown steps.
     assert lr_multiplier(3, 5, 0.0, 0.5, 0.0) == 1.0
     assert lr_multiplier(4, 5, 0.0, 0.5, 0.0) == pytest.approx(0.5)
+
+
+def test_lr_phases_meet_where_one_ends_and_the_next_begins():
+    phases = lr_phases(100, warmup_ratio=0.1, warmdown_ratio=0.4, final_lr_frac=0.1)
+    assert [(p.name, p.last_step) for p in phases] == [("warmup", 9), ("constant", 60), ("warmdown", math.inf)]
+    warmup, constant, warmdown = (p.multiplier for p in phases)
+    assert warmup(-1) == 0.0 and warmup(9) == 1.0 == constant(9) == constant(60) == warmdown(60)
+    assert warmdown(100) == pytest.approx(0.1)
+    # A phase of no steps is never chosen: without warmup, step 0 is already at the peak.
+    assert lr_phases(100, 0.0, 0.4, 0.1)[0].last_step == -1 and lr_multiplier(0, 100, 0.0, 0.4, 0.1) == 1.0
 
 
 def test_muon_momentum_and_weight_decay_schedules():

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from omegaconf import OmegaConf
 
 from llm.config import compose_run, derived
 from llm.sweeps.collect import collect
+from llm.sweeps.guard import BASIC_SWEEPER, UnexpandableGrid, expand_grid
 from tests.conftest import REPO, run_sweep as sweep
 
 
@@ -29,6 +32,26 @@ def test_a_grid_of_no_jobs_and_an_unknown_sweep_are_refused(tmp_path, llm_home):
     assert empty.returncode == 2 and "expands to no jobs" in empty.stderr
     unknown = sweep("sweep=nosuch", "dry_run=true", home=llm_home, check=False)
     assert unknown.returncode != 0 and "Could not find 'sweep/nosuch'" in unknown.stderr
+
+
+def test_the_guard_expands_a_basic_sweep_as_a_product_of_each_keys_last_values():
+    config = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": {"model.depth": "range(1,3)", "seed": "1,2,3"}},
+        "overrides": {"task": ["sweep_label=ci", "seed=7,8", "optim.name=adamw", "hydra.launcher.wait=true"]}}})
+    assert expand_grid(config) == [[f"model.depth={d}", f"seed={s}", "optim.name=adamw"] for d in (1, 2) for s in (7, 8)]
+    config.hydra.overrides.task.append("optim.final_lr_frac=interval(0,1)")
+    with pytest.raises(UnexpandableGrid, match="an interval has no grid"):
+        expand_grid(config)
+
+
+def test_a_sweeper_the_guard_cannot_expand_is_refused_up_front(tmp_path, llm_home):
+    result = sweep("sweep=isoflop_cpu", "hydra.sweeper._target_=somewhere.OtherSweeper", f"sweeps_root={tmp_path}",
+                   home=llm_home, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the sweep guard expands only the basic sweeper's grids, and hydra.sweeper is "
+        "somewhere.OtherSweeper: run the sweep with hydra/sweeper=basic")
+    assert not list(tmp_path.rglob("*"))  # nothing claimed, nothing run
 
 
 def test_sweep_writes_one_complete_row_per_run(isoflop_cpu_sweep):

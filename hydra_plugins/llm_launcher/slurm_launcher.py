@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -30,6 +30,23 @@ from llm.train.rundir import RunDir
 log = logging.getLogger(__name__)
 
 SUBMISSIONS_FILE = "submissions.jsonl"
+
+
+class NodeCall(NamedTuple):
+    """The arguments of the launcher's __call__, which submitit runs on the node for one job."""
+
+    sweep_overrides: list[str]
+    job_dir_key: str
+    job_num: int
+    job_id: str
+    singleton_state: dict
+
+
+class PlannedJob(NamedTuple):
+    """A job to submit: its call on the node, and the run directory it will write."""
+
+    call: NodeCall
+    run_dir: Path
 
 
 @dataclass
@@ -60,23 +77,25 @@ class SweepSlurmLauncher(SlurmLauncher):
                 skipped.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
                                          _return_value=None, working_dir=str(run_dir)))
                 continue
-            jobs.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state(),
-                         run_dir))
+            call = NodeCall(list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+            jobs.append(PlannedJob(call, run_dir))
 
         submitted = []
         if jobs:
-            executor = self._executor()
-            submitted = executor.map_array(self, *zip(*[job[:5] for job in jobs]))
+            # map_array takes one sequence per argument of the call.
+            submitted = self._executor().map_array(self, *zip(*(job.call for job in jobs)))
         elapsed = time.perf_counter() - started
         _record(sweep_dir, jobs, submitted)
         print(f"submitted {len(submitted)} jobs to Slurm ({len(skipped)} already done, skipped) in "
               f"{elapsed:.2f} s ({elapsed / max(len(job_overrides), 1):.3f} s per job); sweep: {sweep_dir}")
-        for job, (overrides, *_, run_dir) in zip(submitted, jobs):
-            print(f"  {job.job_id:>12}  {run_dir.relative_to(sweep_dir)}  {' '.join(filter_overrides(overrides))}")
+        for handle, job in zip(submitted, jobs):
+            print(f"  {handle.job_id:>12}  {job.run_dir.relative_to(sweep_dir)}  "
+                  f"{' '.join(filter_overrides(job.call.sweep_overrides))}")
         if not self.wait:
             print(f"watch it with: python -m llm.sweeps status {sweep_dir}")
-            queued = [JobReturn(overrides=job[0], status=JobStatus.COMPLETED, _return_value=handle.job_id,
-                                working_dir=str(job[5])) for job, handle in zip(jobs, submitted)]
+            queued = [JobReturn(overrides=job.call.sweep_overrides, status=JobStatus.COMPLETED,
+                                _return_value=handle.job_id, working_dir=str(job.run_dir))
+                      for job, handle in zip(jobs, submitted)]
             return skipped + queued
         return skipped + [handle.results()[0] for handle in submitted]
 
@@ -97,8 +116,8 @@ class SweepSlurmLauncher(SlurmLauncher):
         return executor
 
 
-def _record(sweep_dir: Path, jobs: list, submitted: list) -> None:
+def _record(sweep_dir: Path, jobs: list[PlannedJob], submitted: list) -> None:
     with open(sweep_dir / SUBMISSIONS_FILE, "a") as f:
-        for (overrides, _, num, *_rest, run_dir), handle in zip(jobs, submitted):
-            f.write(json.dumps({"time": time.time(), "job_num": num, "slurm_job_id": handle.job_id,
-                                "run_dir": str(run_dir), "overrides": overrides}) + "\n")
+        for job, handle in zip(jobs, submitted):
+            f.write(json.dumps({"time": time.time(), "job_num": job.call.job_num, "slurm_job_id": handle.job_id,
+                                "run_dir": str(job.run_dir), "overrides": job.call.sweep_overrides}) + "\n")

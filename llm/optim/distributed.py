@@ -15,23 +15,32 @@ Optimizer state exists only for the rows a rank updates, so each rank's state_di
 shard. When rows (or K) do not divide by the world size, the last blocks are zero-padded for the
 collectives, which need equal blocks. All reductions are launched before any update, so the
 communication of later groups overlaps the updates of earlier ones; the gathers are awaited last.
-The update math is MuonAdamW's, run on the shards.
+The update math is that of MuonAdamW's rules, run on the shards.
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from llm.optim.muon_adamw import MuonAdamW, require_grads
+from llm.optim.muon_adamw import AdamWRule, MuonAdamW, MuonRule, require_grads
 
 SMALL_PARAM_NUMEL = 1024
 
-# A launched reduction and what to do once it lands: update this rank's rows, then launch the
-# gather that shares them, returning it with the step that finishes it (None when nothing is sent).
-Gather = tuple[dist.Work, Callable[[], None]]
-Reduction = tuple[dist.Work, Callable[[], Gather | None]]
+
+class Pending(NamedTuple):
+    """A launched collective and what to do once it has landed: the continuation of a reduction
+    updates this rank's rows and returns the gather that shares them (None when nothing is sent);
+    that of a gather puts the gathered rows in place and returns None."""
+
+    work: dist.Work
+    then: Callable[[], "Pending | None"]
+
+    def land(self) -> "Pending | None":
+        self.work.wait()
+        return self.then()
 
 
 def pad_rows(tensor: Tensor, rows: int) -> Tensor:
@@ -62,6 +71,50 @@ def reduce_scatter_rows(full: Tensor, world: int) -> tuple[dist.Work, Tensor, Te
     return work, block, padded
 
 
+def sharded_adamw(rule: AdamWRule, group: dict, param: Tensor, state: dict, rank: int, world: int) -> Pending:
+    """AdamW on one parameter: this rank updates its block of rows (or all of a small parameter)."""
+    if param.numel() < SMALL_PARAM_NUMEL:
+        work = dist.all_reduce(param.grad, op=dist.ReduceOp.AVG, async_op=True)
+        return Pending(work, lambda: rule.update(group, param, param.grad, state))
+
+    work, grad_block, _ = reduce_scatter_rows(param.grad, world)
+
+    def update_and_share() -> Pending:
+        block_rows = grad_block.shape[0]
+        start, count = owned_rows(param.shape[0], block_rows, rank)
+        mine = param[start:start + count]
+        if count:
+            rule.update(group, mine, grad_block[:count], state)
+        if block_rows * world == param.shape[0]:
+            # No padding: gather straight into the parameter, whose block is already in place.
+            return Pending(dist.all_gather_single(param, mine, async_op=True), lambda: None)
+        gathered = param.new_empty(block_rows * world, *param.shape[1:])
+        gather = dist.all_gather_single(gathered, pad_rows(mine, block_rows), async_op=True)
+        return Pending(gather, lambda: param.copy_(gathered[: param.shape[0]]))
+
+    return Pending(work, update_and_share)
+
+
+def sharded_muon(rule: MuonRule, group: dict, states: dict, rank: int, world: int) -> Pending:
+    """Muon on one group: this rank updates its block of whole matrices of the stack."""
+    params = group["params"]
+    work, grad_block, stacked = reduce_scatter_rows(torch.stack([p.grad for p in params]), world)
+
+    def update_and_share() -> Pending:
+        block_len = grad_block.shape[0]
+        start, count = owned_rows(len(params), block_len, rank)
+        updated = torch.zeros_like(grad_block)
+        if count:
+            mine = torch.stack(params[start:start + count])
+            rule.update(group, grad_block[:count], mine, states[params[0]], block_len)
+            updated[:count] = mine
+        # The stacked gradients are spent: their buffer receives the updated matrices.
+        gather = dist.all_gather_single(stacked, updated, async_op=True)
+        return Pending(gather, lambda: torch._foreach_copy_(params, list(stacked[: len(params)].unbind(0))))
+
+    return Pending(work, update_and_share)
+
+
 class DistMuonAdamW(MuonAdamW):
     """MuonAdamW for data-parallel training; call step() on every rank after backward().
 
@@ -69,63 +122,17 @@ class DistMuonAdamW(MuonAdamW):
     initialised default process group (NCCL on GPUs, gloo on CPUs).
     """
 
-    def _reduce_adamw(self, group: dict, param: Tensor, rank: int, world: int) -> Reduction:
-        if param.numel() < SMALL_PARAM_NUMEL:
-            work = dist.all_reduce(param.grad, op=dist.ReduceOp.AVG, async_op=True)
-            return work, lambda: self._adamw_step(group, param, param.grad, self.state[param])
-
-        work, grad_block, _ = reduce_scatter_rows(param.grad, world)
-
-        def update() -> Gather:
-            block_rows = grad_block.shape[0]
-            start, count = owned_rows(param.shape[0], block_rows, rank)
-            mine = param[start:start + count]
-            if count:
-                self._adamw_step(group, mine, grad_block[:count], self.state[param])
-            if block_rows * world == param.shape[0]:
-                # No padding: gather straight into the parameter, whose block is already in place.
-                return dist.all_gather_single(param, mine, async_op=True), lambda: None
-            gathered = param.new_empty(block_rows * world, *param.shape[1:])
-            gather = dist.all_gather_single(gathered, pad_rows(mine, block_rows), async_op=True)
-            return gather, lambda: param.copy_(gathered[: param.shape[0]])
-
-        return work, update
-
-    def _reduce_muon(self, group: dict, rank: int, world: int) -> Reduction:
-        params = group["params"]
-        work, grad_block, stacked = reduce_scatter_rows(torch.stack([p.grad for p in params]), world)
-
-        def update() -> Gather:
-            block_len = grad_block.shape[0]
-            start, count = owned_rows(len(params), block_len, rank)
-            updated = torch.zeros_like(grad_block)
-            if count:
-                mine = torch.stack(params[start:start + count])
-                self._muon_step(group, grad_block[:count], mine, self.state[params[0]], block_len)
-                updated[:count] = mine
-            # The stacked gradients are spent: their buffer receives the updated matrices.
-            gather = dist.all_gather_single(stacked, updated, async_op=True)
-            return gather, lambda: torch._foreach_copy_(params, list(stacked[: len(params)].unbind(0)))
-
-        return work, update
-
     @torch.no_grad()
     def step(self) -> None:
         rank, world = dist.get_rank(), dist.get_world_size()
-        reductions: list[Reduction] = []
-        for group in self.param_groups:
+        reductions: list[Pending] = []
+        for group, rule in zip(self.param_groups, self.rules):
             # Every rank must join every collective, so a missing gradient cannot just be skipped.
             require_grads(group)
-            if group["kind"] == "adamw":
-                reductions += [self._reduce_adamw(group, p, rank, world) for p in group["params"]]
+            if isinstance(rule, AdamWRule):
+                reductions += [sharded_adamw(rule, group, p, self.state[p], rank, world) for p in group["params"]]
             else:
-                reductions.append(self._reduce_muon(group, rank, world))
-        gathers: list[Gather] = []
-        for work, update in reductions:
-            work.wait()
-            gather = update()
-            if gather is not None:
-                gathers.append(gather)
-        for work, finish in gathers:
-            work.wait()
-            finish()
+                reductions.append(sharded_muon(rule, group, self.state, rank, world))
+        gathers = [gather for gather in (reduction.land() for reduction in reductions) if gather is not None]
+        for gather in gathers:
+            gather.land()

@@ -1,19 +1,22 @@
 """Muon for the weight matrices, AdamW for everything else, as one torch optimizer.
 
-Each param group names its update rule with `kind`:
+Every param group names its update rule with `kind`, and the optimizer pairs each group with a
+small rule object that knows the rule's hyperparameters, lays out its state and steps the group:
 
-- 'adamw' (lr, betas, eps, weight_decay): AdamW with bias correction and decoupled weight decay,
-  applied to each parameter on its own.
-- 'muon' (lr, momentum, ns_steps, beta2, weight_decay): every parameter of the group has the same
-  2-D shape, so the group is stacked into one (K, rows, cols) tensor and updated in one go:
-  Nesterov momentum, then Polar Express orthogonalisation, then NorMuon's per-row (or per-column)
-  second-moment normalisation, then the step with cautious weight decay.
+- AdamWRule ('adamw': lr, betas, eps, weight_decay): AdamW with bias correction and decoupled
+  weight decay; every parameter keeps its own step count and two moments.
+- MuonRule ('muon': lr, momentum, ns_steps, beta2, weight_decay): the group's matrices share one
+  shape, so they are stepped as one (count, rows, cols) stack whose buffers live in the state of
+  the group's first parameter. One step: Nesterov momentum, Polar Express orthogonalisation,
+  NorMuon's rebalancing of rows (or columns), then the move with cautious weight decay.
 
-The two update rules are plain functions of tensors so that the distributed optimizer can run them
-on its shards. Their hyperparameters arrive as 0-D float32 CPU tensors: torch.compile then treats
-them as graph inputs, so a learning rate that changes every step does not trigger a recompile.
-Compilation is used on CUDA only by default: on a CPU it costs far more time than it saves, and
-AdamW runs PyTorch's fused kernel instead, which does in one pass what compilation would fuse.
+The hyperparameters stay in the param groups, where the schedules write them, and the rules read
+them at every step. The arithmetic lives in kernels, plain functions of tensors that the
+distributed optimizer runs on its shards too; their hyperparameters arrive as 0-D float32 CPU
+tensors, so that under torch.compile a learning rate that changes every step is a graph input and
+does not recompile. Compilation is used on CUDA only by default: on a CPU it costs far more time
+than it saves, and AdamW runs PyTorch's fused kernel instead, which does in one pass what
+compilation would fuse.
 """
 
 import functools
@@ -34,23 +37,19 @@ POLAR_EXPRESS_COEFFICIENTS = (
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 
-REQUIRED_GROUP_KEYS = {
-    "adamw": ("lr", "betas", "eps", "weight_decay"),
-    "muon": ("lr", "momentum", "ns_steps", "beta2", "weight_decay"),
-}
 
+# ---------------------------------------------------------------------------------------------
+# Kernels
 
 def adamw_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor,
                  lr: Tensor, beta1: Tensor, beta2: Tensor, eps: Tensor, weight_decay: Tensor) -> None:
     """One AdamW step on `param` in place; `step` counts from 1."""
     param.mul_(1 - lr * weight_decay)  # decoupled: the decay does not pass through the moments
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.lerp_(grad.square(), 1 - beta2)
+    for moment, sample, beta in ((exp_avg, grad, beta1), (exp_avg_sq, grad.square(), beta2)):
+        moment.lerp_(sample, 1 - beta)
     # Both moments start at zero; dividing by (1 - beta^step) removes that bias early in training.
-    first_correction = 1 - beta1 ** step
-    second_correction = 1 - beta2 ** step
-    denom = (exp_avg_sq / second_correction).sqrt() + eps
-    param.add_(exp_avg / denom, alpha=-(lr / first_correction))
+    unbiased_scale = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps
+    param.add_(exp_avg / unbiased_scale, alpha=-(lr / (1 - beta1 ** step)))
 
 
 def fused_adamw_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor,
@@ -62,6 +61,13 @@ def fused_adamw_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq:
     torch._fused_adamw_([param], [grad], [exp_avg], [exp_avg_sq], [], [step.to(param.device)], lr=lr.item(), beta1=beta1.item(),
                         beta2=beta2.item(), weight_decay=weight_decay.item(), eps=eps.item(),
                         amsgrad=False, maximize=False)
+
+
+def nesterov_direction(grads: Tensor, momentum_buffer: Tensor, momentum: Tensor) -> Tensor:
+    """Fold `grads` into the momentum buffer, then look one step ahead along it (in `grads`' memory)."""
+    momentum = momentum.to(grads.dtype)
+    momentum_buffer.lerp_(grads, 1 - momentum)
+    return grads.lerp_(momentum_buffer, momentum)
 
 
 def polar_express(stack: Tensor, ns_steps: int, dtype: torch.dtype = torch.bfloat16) -> Tensor:
@@ -101,58 +107,36 @@ def normuon_rescale(update: Tensor, second_moment: Tensor, beta2: Tensor, red_di
     return update * scale.to(update.dtype)
 
 
+def cautious_step(params: Tensor, update: Tensor, lr: Tensor, weight_decay: Tensor) -> None:
+    """params -= lr * update, plus weight decay on only the coordinates that the update already
+    moves towards zero, so the decay never fights the gradient. lr and wd take the update's dtype."""
+    lr, weight_decay = lr.to(update.dtype), weight_decay.to(update.dtype)
+    towards_zero = (update * params) >= 0
+    params.sub_(lr * update + lr * weight_decay * params * towards_zero)
+
+
 def muon_update(grads: Tensor, params: Tensor, momentum_buffer: Tensor, second_moment: Tensor,
                 momentum: Tensor, lr: Tensor, weight_decay: Tensor, beta2: Tensor,
                 ns_steps: int, red_dim: int, ortho_dtype: torch.dtype = torch.bfloat16) -> None:
     """One Muon step on a (K, rows, cols) stack of parameters in place. Overwrites `grads`."""
-    momentum = momentum.to(grads.dtype)
-    momentum_buffer.lerp_(grads, 1 - momentum)
-    nesterov = grads.lerp_(momentum_buffer, momentum)  # look ahead along the momentum
-    update = polar_express(nesterov, ns_steps, ortho_dtype)
-    update = normuon_rescale(update, second_moment, beta2, red_dim)
-    # Cautious weight decay: shrink only the coordinates that the update already moves towards
-    # zero, so the decay never fights the gradient. lr and wd take the update's dtype.
-    lr = lr.to(update.dtype)
-    weight_decay = weight_decay.to(update.dtype)
-    agrees = (update * params) >= 0
-    params.sub_(lr * update + lr * weight_decay * params * agrees)
+    direction = nesterov_direction(grads, momentum_buffer, momentum)
+    orthogonal = polar_express(direction, ns_steps, ortho_dtype)
+    cautious_step(params, normuon_rescale(orthogonal, second_moment, beta2, red_dim), lr, weight_decay)
 
 
 @functools.cache
-def compiled(update_fn):
-    """The fused, compiled version of an update function (compiled lazily, on first call)."""
-    return torch.compile(update_fn, dynamic=False, fullgraph=True)
+def compiled(kernel):
+    """The fused, compiled version of a kernel (compiled lazily, on first call)."""
+    return torch.compile(kernel, dynamic=False, fullgraph=True)
 
 
 def as_scalar(value: float) -> Tensor:
-    """A hyperparameter as a 0-D float32 CPU tensor, the form the update functions take."""
+    """A hyperparameter as a 0-D float32 CPU tensor, the form the kernels take."""
     return torch.tensor(value, dtype=torch.float32)
 
 
-def muon_lr(group: dict, shape: torch.Size) -> float:
-    """Muon's learning rate for one matrix shape: tall matrices step sqrt(rows / cols) times more."""
-    return group["lr"] * max(1.0, shape[-2] / shape[-1]) ** 0.5
-
-
-def check_param_groups(param_groups: list[dict]) -> None:
-    for index, group in enumerate(param_groups):
-        kind = group.get("kind")
-        if kind not in REQUIRED_GROUP_KEYS:
-            raise ValueError(f"param group {index}: kind must be one of {sorted(REQUIRED_GROUP_KEYS)}, "
-                             f"got {kind!r}; set group['kind']")
-        missing = [key for key in REQUIRED_GROUP_KEYS[kind] if key not in group]
-        if missing:
-            raise ValueError(f"param group {index} ({kind}) lacks {missing}; add them to the group")
-        if kind == "muon":
-            shapes = sorted({tuple(p.shape) for p in group["params"]})
-            if len(shapes) != 1 or len(shapes[0]) != 2:
-                raise ValueError(f"param group {index} (muon) has shapes {shapes}; a muon group needs "
-                                 "2-D parameters of one shape, so make one group per shape")
-            if not 1 <= group["ns_steps"] <= len(POLAR_EXPRESS_COEFFICIENTS):
-                raise ValueError(f"param group {index} (muon): ns_steps={group['ns_steps']}; use 1 to "
-                                 f"{len(POLAR_EXPRESS_COEFFICIENTS)}, the iterations Polar Express has "
-                                 "coefficients for")
-
+# ---------------------------------------------------------------------------------------------
+# Rules: one per param group
 
 def require_grads(group: dict) -> None:
     if any(p.grad is None for p in group["params"]):
@@ -160,67 +144,113 @@ def require_grads(group: dict) -> None:
                          "through every parameter before step(), or leave it out of the optimizer")
 
 
+class AdamWRule:
+    """AdamW for one group; `update` also serves a shard of a parameter, given the shard's state."""
+
+    hyperparameters = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(self, fuse_by_compiling: bool):
+        self.kernel = compiled(adamw_update) if fuse_by_compiling else fused_adamw_update
+
+    def update(self, group: dict, param: Tensor, grad: Tensor, state: dict) -> None:
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        scalars = (state["step"], group["lr"], beta1, beta2, group["eps"], group["weight_decay"])
+        self.kernel(param, grad, state["exp_avg"], state["exp_avg_sq"], *map(as_scalar, scalars))
+
+    def step(self, group: dict, states: dict) -> None:
+        for param in group["params"]:
+            if param.grad is not None:  # unused this step: leave it and its moments alone
+                self.update(group, param, param.grad, states[param])
+
+
+class MuonRule:
+    """Muon for one group of same-shape matrices, stepped as one stack.
+
+    The stack's state is a momentum buffer per matrix and a factored second moment: one value per
+    row of a tall (or square) matrix, else one per column, i.e. along the longer side.
+    """
+
+    hyperparameters = ("lr", "momentum", "ns_steps", "beta2", "weight_decay")
+
+    def __init__(self, shape: torch.Size, fuse_by_compiling: bool, ortho_dtype: torch.dtype):
+        self.rows, self.cols = shape
+        self.red_dim = -1 if self.rows >= self.cols else -2
+        self.lr_scale = max(1.0, self.rows / self.cols) ** 0.5  # tall matrices step sqrt(rows / cols) more
+        self.ortho_dtype = ortho_dtype
+        self.kernel = compiled(muon_update) if fuse_by_compiling else muon_update
+
+    def new_state(self, like: Tensor, count: int) -> dict:
+        moment_shape = (count, self.rows, 1) if self.red_dim == -1 else (count, 1, self.cols)
+        return dict(momentum_buffer=like.new_zeros(count, self.rows, self.cols),
+                    second_moment=like.new_zeros(moment_shape))
+
+    def update(self, group: dict, grads: Tensor, stack: Tensor, state: dict, capacity: int) -> None:
+        """Step `stack`, the first matrices of a state that has room for `capacity` of them."""
+        if not state:
+            state.update(self.new_state(stack, capacity))
+        count = stack.shape[0]
+        self.kernel(grads, stack, state["momentum_buffer"][:count], state["second_moment"][:count],
+                    as_scalar(group["momentum"]), as_scalar(group["lr"] * self.lr_scale),
+                    as_scalar(group["weight_decay"]), as_scalar(group["beta2"]),
+                    group["ns_steps"], self.red_dim, self.ortho_dtype)
+
+    def step(self, group: dict, states: dict) -> None:
+        require_grads(group)
+        params = group["params"]
+        stack = torch.stack(params)
+        self.update(group, torch.stack([p.grad for p in params]), stack, states[params[0]], len(params))
+        torch._foreach_copy_(params, list(stack.unbind(0)))
+
+
+RULES = {"adamw": AdamWRule, "muon": MuonRule}
+
+
+def check_param_group(index: int, group: dict) -> None:
+    kind = group.get("kind")
+    if kind not in RULES:
+        raise ValueError(f"param group {index}: kind must be one of {sorted(RULES)}, got {kind!r}; "
+                         "set group['kind']")
+    missing = [key for key in RULES[kind].hyperparameters if key not in group]
+    if missing:
+        raise ValueError(f"param group {index} ({kind}) lacks {missing}; add them to the group")
+    if kind == "muon":
+        shapes = sorted({tuple(p.shape) for p in group["params"]})
+        if len(shapes) != 1 or len(shapes[0]) != 2:
+            raise ValueError(f"param group {index} (muon) has shapes {shapes}; a muon group needs "
+                             "2-D parameters of one shape, so make one group per shape")
+        if not 1 <= group["ns_steps"] <= len(POLAR_EXPRESS_COEFFICIENTS):
+            raise ValueError(f"param group {index} (muon): ns_steps={group['ns_steps']}; use 1 to "
+                             f"{len(POLAR_EXPRESS_COEFFICIENTS)}, the iterations Polar Express has "
+                             "coefficients for")
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Single-process Muon + AdamW. See the module docstring for the group format.
 
-    compile: wrap the update functions in torch.compile; None compiles when any parameter is on CUDA.
+    compile: wrap the kernels in torch.compile; None compiles when any parameter is on CUDA.
     ortho_dtype: the dtype of Muon's orthogonalisation; None picks bf16 where bf16 matmuls are fast.
+    `rules[i]` steps `param_groups[i]`.
     """
 
     def __init__(self, param_groups: list[dict], compile: bool | None = None,
                  ortho_dtype: torch.dtype | None = None):
         super().__init__(param_groups, defaults={})
-        check_param_groups(self.param_groups)
+        for index, group in enumerate(self.param_groups):
+            check_param_group(index, group)
         if compile is None:
             compile = any(p.is_cuda for group in self.param_groups for p in group["params"])
         if ortho_dtype is None:  # bf16 where bf16 matmuls are fast, as the reference does on GPUs
             device_type = self.param_groups[0]["params"][0].device.type
             ortho_dtype = torch.bfloat16 if fast_bf16_matmul(device_type) else torch.float32
         self.ortho_dtype = ortho_dtype
-        self._adamw_update = compiled(adamw_update) if compile else fused_adamw_update
-        self._muon_update = compiled(muon_update) if compile else muon_update
-
-    def _adamw_step(self, group: dict, param: Tensor, grad: Tensor, state: dict) -> None:
-        """AdamW on `param`, which may be a shard of a parameter; `state` must belong to it alone."""
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(param)
-            state["exp_avg_sq"] = torch.zeros_like(param)
-        state["step"] += 1
-        beta1, beta2 = group["betas"]
-        self._adamw_update(param, grad, state["exp_avg"], state["exp_avg_sq"], as_scalar(state["step"]),
-                           as_scalar(group["lr"]), as_scalar(beta1), as_scalar(beta2),
-                           as_scalar(group["eps"]), as_scalar(group["weight_decay"]))
-
-    def _muon_step(self, group: dict, grads: Tensor, params: Tensor, state: dict, buffer_len: int) -> None:
-        """Muon on a stack of params; the group's state holds buffers for `buffer_len` matrices,
-        of which the first len(params) belong to this stack."""
-        rows, cols = params.shape[-2:]
-        # The second moment is factored: one value per row of a tall (or square) matrix, else
-        # one per column, i.e. along the longer side.
-        red_dim = -1 if rows >= cols else -2
-        if not state:
-            state["momentum_buffer"] = params.new_zeros(buffer_len, rows, cols)
-            moment_shape = (buffer_len, rows, 1) if red_dim == -1 else (buffer_len, 1, cols)
-            state["second_moment"] = params.new_zeros(moment_shape)
-        count = params.shape[0]
-        self._muon_update(grads, params, state["momentum_buffer"][:count], state["second_moment"][:count],
-                          as_scalar(group["momentum"]), as_scalar(muon_lr(group, params.shape)),
-                          as_scalar(group["weight_decay"]), as_scalar(group["beta2"]),
-                          group["ns_steps"], red_dim, self.ortho_dtype)
+        self.rules = [AdamWRule(compile) if group["kind"] == "adamw"
+                      else MuonRule(group["params"][0].shape, compile, ortho_dtype)
+                      for group in self.param_groups]
 
     @torch.no_grad()
     def step(self) -> None:
-        for group in self.param_groups:
-            params = group["params"]
-            if group["kind"] == "adamw":
-                for p in params:
-                    if p.grad is not None:  # unused this step: leave it and its moments alone
-                        self._adamw_step(group, p, p.grad, self.state[p])
-            else:
-                require_grads(group)
-                stacked = torch.stack(params)
-                # The group's buffers live in the state of its first parameter.
-                self._muon_step(group, torch.stack([p.grad for p in params]), stacked,
-                                self.state[params[0]], len(params))
-                torch._foreach_copy_(params, list(stacked.unbind(0)))
+        for group, rule in zip(self.param_groups, self.rules):
+            rule.step(group, self.state)

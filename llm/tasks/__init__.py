@@ -1,0 +1,6 @@
+"""Chat tasks: datasets of conversations for midtraining, finetuning and chat evaluation.
+
+`llm.tasks.base` holds the Task view, the mixtures and the multiple-choice rendering; each other
+module is one task. `llm.tasks.mixtures` composes the reference's stage mixtures and their offline
+stand-ins. Sources and licences: README.md here.
+"""
