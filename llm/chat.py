@@ -87,9 +87,13 @@ class Conversation:
     @property
     def tokens(self) -> list[int]:
         """The conversation so far as the model reads it."""
-        if not self.messages:
+        return self._rendered(self.messages)
+
+    def _rendered(self, messages: list[dict]) -> list[int]:
+        # Uncut (render_for_completion cuts at 2048 tokens): the engine refuses what is past the context.
+        if not messages:
             return [self.tokenizer.bos_id]
-        return self.tokenizer.render_conversation({"messages": self.messages}, max_tokens=sys.maxsize)[0]
+        return self.tokenizer.render_conversation({"messages": messages}, max_tokens=sys.maxsize)[0]
 
     def reply(self, message: str, out) -> None:
         """Add a user turn, stream the assistant's answer to `out`, and keep both in the history.
@@ -97,9 +101,7 @@ class Conversation:
         A turn that does not fit the context raises ChatError and leaves the history unchanged.
         """
         asked = [*self.messages, {"role": "user", "content": message}]
-        # Uncut (render_for_completion cuts at 2048 tokens): the engine refuses what is past the context.
-        prompt, _ = self.tokenizer.render_conversation({"messages": asked}, max_tokens=sys.maxsize)
-        prompt.append(self.tokenizer.encode_special(ASSISTANT_START))
+        prompt = [*self._rendered(asked), self.tokenizer.encode_special(ASSISTANT_START)]
         try:
             stream = self.engine.generate(prompt, num_samples=1, **self.sampling)
         except ValueError as error:
