@@ -3,18 +3,22 @@
     python -m llm.chat DIR                    a conversation (type 'clear' to restart, 'quit' to leave)
     python -m llm.chat DIR -p "Why is the sky blue?"   one answer, then exit
 
-DIR is a run directory (its newest checkpoint) or a checkpoints/step_N directory. A conversation is
-rendered as the chat fine-tuning format renders it:
+DIR is a run directory (its newest checkpoint) or a checkpoints/step_N directory. The chat is kept
+as a conversation of the chat format (llm/data/conversation.py), and each new reply is prompted by
+the whole history rendered as fine-tuning renders it, then <|assistant_start|>:
 
     <|bos|> <|user_start|> … <|user_end|> <|assistant_start|> … <|assistant_end|> <|user_start|> …
 
-and the whole history is the prompt of each new reply, so it must fit the model's context.
+so the history must fit the model's context. A calculator call the model writes is shown as
+[python: expression] and the engine's answer as [output: result]; the reply is kept as parts
+(text, python, python_output), so the next prompt renders it as training rendered such replies.
 """
 
 import argparse
 import sys
 
 from llm.config.derived import ConfigError
+from llm.data.conversation import ASSISTANT_START, OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
 from llm.inference.engine import Engine
 from llm.model import attention
 from llm.train import runtime as runtimes
@@ -25,49 +29,91 @@ class ChatError(Exception):
     """Bad input: reported as one line on stderr, exit status 2."""
 
 
+class Reply:
+    """One assistant reply as it streams: shown readably on `out` and kept as the format's parts."""
+
+    def __init__(self, tokenizer, out):
+        self.tokenizer, self.out = tokenizer, out
+        special = tokenizer.encode_special
+        # Each tool delimiter: the part that follows it and how it is shown.
+        self.delimiters = {special(PYTHON_START): ("python", "[python: "), special(PYTHON_END): ("text", "]"),
+                           special(OUTPUT_START): ("python_output", "[output: "), special(OUTPUT_END): ("text", "]")}
+        self.parts: list[dict] = []
+        self.kind, self.ids, self.shown = "text", [], ""
+
+    def add(self, token: int) -> None:
+        if token in self.delimiters:
+            self._end_part()
+            self.kind, label = self.delimiters[token]
+            self._write(label)
+            return
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        # A token may end inside a multi-byte character; hold it back until the rest arrives.
+        if not text.endswith("\ufffd"):
+            self._write(text[len(self.shown):])
+            self.shown = text
+
+    def finish(self) -> list[dict]:
+        """The reply's parts (a reply cut short keeps what it has), after ending the line on `out`."""
+        self._end_part()
+        self._write("\n")
+        return self.parts
+
+    def _end_part(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        self._write(text[len(self.shown):])
+        if text:
+            self.parts.append({"type": self.kind, "text": text})
+        self.ids, self.shown = [], ""
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
 class Conversation:
-    """The token history of one chat and the replies streamed into it."""
+    """The messages of one chat and the replies streamed into it."""
 
     def __init__(self, engine: Engine, sampling: dict):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.sampling = sampling
-        self.special = self.tokenizer.encode_special
         self.clear()
 
     def clear(self) -> None:
-        self.tokens = [self.tokenizer.bos_id]
+        self.messages: list[dict] = []
+
+    @property
+    def tokens(self) -> list[int]:
+        """The conversation so far as the model reads it."""
+        return self._rendered(self.messages)
+
+    def _rendered(self, messages: list[dict]) -> list[int]:
+        # Uncut (render_for_completion cuts at 2048 tokens): the engine refuses what is past the context.
+        if not messages:
+            return [self.tokenizer.bos_id]
+        return self.tokenizer.render_conversation({"messages": messages}, max_tokens=sys.maxsize)[0]
 
     def reply(self, message: str, out) -> None:
         """Add a user turn, stream the assistant's answer to `out`, and keep both in the history.
 
         A turn that does not fit the context raises ChatError and leaves the history unchanged.
         """
-        prompt = [*self.tokens, self.special("<|user_start|>"), *self.tokenizer.encode(message),
-                  self.special("<|user_end|>"), self.special("<|assistant_start|>")]
+        asked = [*self.messages, {"role": "user", "content": message}]
+        prompt = [*self._rendered(asked), self.tokenizer.encode_special(ASSISTANT_START)]
         try:
             stream = self.engine.generate(prompt, num_samples=1, **self.sampling)
         except ValueError as error:
             raise ChatError(str(error))
-        answer, shown = [], ""
+        reply = Reply(self.tokenizer, out)
         for column, _ in stream:
-            answer.append(column[0])
             if column[0] in self.engine.stop_tokens:
                 break
-            text = self.tokenizer.decode(answer)
-            # A token may end inside a multi-byte character; hold it back until the rest arrives.
-            if not text.endswith("\ufffd"):
-                out.write(text[len(shown):])
-                out.flush()
-                shown = text
-        text = self.tokenizer.decode([t for t in answer if t not in self.engine.stop_tokens])
-        out.write(text[len(shown):] + "\n")
-        # The history keeps every answer closed by <|assistant_end|>: in place of another stop token
-        # (such as <|bos|>), or after the last token of an answer that ran out of room.
-        if answer and answer[-1] in self.engine.stop_tokens:
-            answer.pop()
-        answer.append(self.special("<|assistant_end|>"))
-        self.tokens = prompt + answer
+            reply.add(column[0])
+        # Rendering closes the reply with <|assistant_end|>, whether it stopped on it, on <|bos|>
+        # or ran out of room.
+        self.messages = [*asked, {"role": "assistant", "content": reply.finish()}]
 
 
 def interactive(conversation: Conversation) -> None:

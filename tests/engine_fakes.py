@@ -3,6 +3,7 @@
 import torch
 
 from llm.data.tokenizer import Tokenizer
+from llm.inference.engine import Engine
 from llm.model.gpt import GPTConfig
 
 SCRIPT_BOOST = 1000.0  # far above the ±15 soft-capped logits of a real model
@@ -55,3 +56,16 @@ class ScriptedModel(torch.nn.Module):
                 if 0 <= k < len(script) and script[k] is not None:
                     logits[row, t, script[k]] += SCRIPT_BOOST
         return logits
+
+
+class RecordingEngine(Engine):
+    """Keeps every prompt it is given, and points a ScriptedModel's script at the end of each one."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.prompts = []
+
+    def _start(self, tokens, *args, **kwargs):
+        self.prompts.append(list(tokens))
+        self.model.prompt_len = len(tokens)
+        return super()._start(tokens, *args, **kwargs)

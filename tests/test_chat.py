@@ -12,7 +12,7 @@ from llm.inference.engine import Engine
 from llm.model import attention
 from llm.train.inference import load_model
 from tests.conftest import REPO
-from tests.engine_fakes import ScriptedModel, byte_tokenizer
+from tests.engine_fakes import RecordingEngine, ScriptedModel, byte_tokenizer
 
 GREEDY = ["--max-tokens", "8", "--temperature", "0", "--device", "cpu"]
 
@@ -24,25 +24,24 @@ def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def expected_replies(trained_run):
-    """Greedy replies computed here, from the chat format rendered independently of llm.chat."""
+    """Greedy replies computed here, each prompted by the chat history rendered by the tokenizer."""
     attention.set_backend("sdpa")
     model, tokenizer, _ = load_model(trained_run)
     engine = Engine(model, tokenizer)
-    special = tokenizer.encode_special
-    assistant_end = special("<|assistant_end|>")
+    assistant_start = tokenizer.encode_special("<|assistant_start|>")
 
     def replies(*messages: str) -> list[str]:
-        history, texts = [tokenizer.bos_id], []
+        history, texts = [], []
         for message in messages:
-            history += [special("<|user_start|>"), *tokenizer.encode(message), special("<|user_end|>"),
-                        special("<|assistant_start|>")]
+            history.append({"role": "user", "content": message})
+            prompt = tokenizer.render_conversation({"messages": history})[0] + [assistant_start]
             answer = []
-            for column, _ in engine.generate(history, max_tokens=8, temperature=0.0):
-                answer.append(column[0])
+            for column, _ in engine.generate(prompt, max_tokens=8, temperature=0.0):
                 if column[0] in engine.stop_tokens:
                     break
-            texts.append(tokenizer.decode([t for t in answer if t not in engine.stop_tokens]))
-            history += answer if answer and answer[-1] == assistant_end else [*answer, assistant_end]
+                answer.append(column[0])
+            texts.append(tokenizer.decode(answer))
+            history.append({"role": "assistant", "content": texts[-1]})
         return texts
 
     return replies
@@ -80,19 +79,6 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, args, message):
     assert result.stdout == ""
 
 
-class RecordingEngine(Engine):
-    """Keeps every prompt it is given; the scripted model answers "ok" after each of them."""
-
-    def __init__(self, model, tokenizer):
-        super().__init__(model, tokenizer)
-        self.prompts = []
-
-    def generate(self, tokens, *args, **kwargs):
-        self.prompts.append(list(tokens))
-        self.model.prompt_len = len(tokens)
-        return super().generate(tokens, *args, **kwargs)
-
-
 def test_history_is_rendered_in_the_chat_format():
     tokenizer = byte_tokenizer()
     special = tokenizer.encode_special
@@ -126,3 +112,24 @@ def test_an_answer_stopped_by_bos_is_closed_with_assistant_end_in_the_history():
     conversation.reply("hi", io.StringIO())
     assert conversation.tokens[-3:] == [*b"ok", assistant_end]
     assert conversation.tokens.count(tokenizer.bos_id) == 1  # only the one that opens the conversation
+
+
+def test_tool_calls_are_shown_readably_and_kept_as_parts_for_the_next_turn():
+    tokenizer = byte_tokenizer()
+    special = tokenizer.encode_special
+    call = [special("<|python_start|>"), *b"6*7", special("<|python_end|>"), None, None, None, None]
+    engine = RecordingEngine(ScriptedModel([[*b"it is ", *call, *b" so 42", special("<|assistant_end|>")]], 0),
+                             tokenizer)
+    out = io.StringIO()
+    conversation = Conversation(engine, dict(max_tokens=32, temperature=0.0))
+    conversation.reply("6 times 7?", out)
+    assert out.getvalue() == "it is [python: 6*7][output: 42] so 42\n"
+    reply = [{"type": "text", "text": "it is "}, {"type": "python", "text": "6*7"},
+             {"type": "python_output", "text": "42"}, {"type": "text", "text": " so 42"}]
+    assert conversation.messages == [{"role": "user", "content": "6 times 7?"}, {"role": "assistant", "content": reply}]
+    conversation.reply("thanks", out)
+    history = {"messages": [*conversation.messages[:2], {"role": "user", "content": "thanks"},
+                            {"role": "assistant", "content": ""}]}
+    assert engine.prompts[1] == tokenizer.render_for_completion(history)
+    # The tool's output is in the second prompt between its delimiters, as the engine forced it.
+    assert bytes(t for t in engine.prompts[1] if t < 256).startswith(b"6 times 7?it is 6*742 so 42")

@@ -90,6 +90,21 @@ class TrainConfig:
 
 
 @dataclass
+class ChatEvalConfig:
+    """Chat evaluation (llm.eval.chat): the reference's ChatCORE tasks or their offline stand-ins."""
+    suite: str = "chatcore_offline"  # chatcore: the reference's six tasks (downloads) | chatcore_offline
+    tasks: Optional[list[str]] = None  # a subset of the suite's tasks (then no suite score); None: all
+    max_problems: int = -1  # problems per task, the first ones of each (-1: all)
+    batch_size: int = 8  # prompts per forward pass of a categorical task
+    num_samples: int = 1  # samples per generative problem; a problem passes if any sample does
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_k: int = 50
+    seed: int = 42
+    every: int = -1  # chat evaluation every N steps of chat fine-tuning and at the end (-1: never)
+
+
+@dataclass
 class EvalConfig:
     every: int = 250  # val bpb every N steps (from step 0) and always at the end (-1: only at the end)
     tokens: int = 20 * 524288
@@ -107,6 +122,7 @@ class EvalConfig:
     core_every: int = -1  # CORE every N steps and at the end (-1: never)
     core_max_per_task: int = 500  # examples per CORE task, a fixed shuffled subset (-1: all)
     bundle: str = "core"  # core: DCLM's bundle, downloaded | offline: built from held-out corpus text | a directory
+    chat: Optional[ChatEvalConfig] = None  # set by eval=chat
 
 
 @dataclass
