@@ -17,8 +17,7 @@ print one line and exit 2.
 """
 
 import json
-import pickle
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -26,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm.config.derived import ConfigError
+from llm.cli import exit_on
+from llm.config.derived import ConfigError, model_shape
 from llm.config.schema import RunConfig, register
 from llm.data.paths import base_dir
 from llm.data.tokenizer import token_bytes
@@ -36,12 +36,11 @@ from llm.eval.core import evaluate_core, locate_bundle
 from llm.eval.sample import greedy_continuations, sampled_continuations
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
+from llm.train.checkpoint import CheckpointError
 from llm.train.inference import load_model
 from llm.train.rundir import write_atomic
 
 RESULT_FILE = "eval.json"
-# Checked against the run's config: a checkpoint of another model must not be scored as this run.
-SHAPE_KEYS = {"depth": "model.depth", "sequence_len": "model.sequence_len", "vocab_size": "data.vocab_size"}
 
 register()
 
@@ -68,13 +67,16 @@ def load_checkpoint(run_dir: Path, run_cfg: DictConfig, device: torch.device):
     ckpt = checkpoint.resolve(run_dir)
     try:
         model, tokenizer, meta = load_model(ckpt, device)
-    except (ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
-        raise ConfigError(f"{ckpt} cannot be loaded ({str(error).splitlines()[0]}): "
-                          "evaluate an intact run directory") from None
-    for key, dotted in SHAPE_KEYS.items():
-        if meta["plan"][key] != OmegaConf.select(run_cfg, dotted):
-            raise ConfigError(f"{ckpt} has {key} {meta['plan'][key]} but {run_dir / 'config.yaml'} says "
-                              f"{dotted}={OmegaConf.select(run_cfg, dotted)}: the checkpoint belongs to another run")
+    except (RuntimeError, KeyError) as error:  # weights that do not fit the shape their meta.json records
+        raise CheckpointError(f"{ckpt} cannot be loaded ({str(error).splitlines()[0]}): "
+                              "evaluate an intact run directory") from None
+    # A checkpoint of another model must not be scored as this run.
+    shape, configured = asdict(checkpoint.shape_of(meta)), asdict(model_shape(run_cfg.model, tokenizer.vocab_size))
+    differing = [key for key in shape if shape[key] != configured[key]]
+    if differing:
+        key = differing[0]
+        raise CheckpointError(f"{ckpt} has {key} {shape[key]} but {run_dir / 'config.yaml'} describes "
+                              f"{key} {configured[key]}: the checkpoint belongs to another run")
     return model, tokenizer, ckpt, meta["step"]
 
 
@@ -145,11 +147,8 @@ def evaluate(cfg: DictConfig) -> dict | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on(ConfigError, CheckpointError, OSError):  # bad input, a missing file, a download that kept failing
         evaluate(cfg)
-    except (ConfigError, OSError) as error:  # bad input, a missing file, or a download that kept failing
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
