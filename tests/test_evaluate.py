@@ -17,7 +17,7 @@ from llm.eval import core
 from llm.eval.bundle import load_bundle
 from llm.eval.offline import offline_bundle_dir
 from llm.eval.sample import sampled_continuations
-from llm.evaluate import evaluate as run_evaluation
+from llm.eval.report import evaluate as run_evaluation
 from llm.train.inference import load_model
 from tests.conftest import CONF, REPO
 

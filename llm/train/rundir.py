@@ -135,6 +135,10 @@ class RunDir:
         with open(self.path / "launches.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def read_launches(self) -> list[dict]:
+        path = self.path / "launches.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
     def read_summary(self) -> dict | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else None
 
