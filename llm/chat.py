@@ -20,7 +20,7 @@ from llm.inference.engine import Engine
 from llm.model import attention
 from llm.train import runtime as runtimes
 from llm.train.checkpoint import CheckpointError
-from llm.train.inference import load_model
+from llm.train.load import load_model
 
 
 class ChatError(Exception):

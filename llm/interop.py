@@ -38,7 +38,7 @@ from llm.model.gpt import GPT
 from llm.train import checkpoint
 from llm.train.build import gpt_config
 from llm.train.checkpoint import CheckpointError
-from llm.train.inference import TOKENIZER_DIR
+from llm.train.rundir import TOKENIZER_DIR
 
 COMPILE_PREFIX = "_orig_mod."
 NANOCHAT_ENCODING_NAME = "rustbpe"

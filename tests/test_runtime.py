@@ -76,3 +76,19 @@ def test_compile_cache_goes_under_the_data_home_unless_set(monkeypatch, tmp_path
     runtimes.start("cpu", "float32", 0, str(tmp_path))
     user_choice = chosen not in (None, default_cache_dir())
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == (chosen if user_choice else str(tmp_path / "torchinductor"))
+
+
+@pytest.mark.parametrize("nodes, master", [("{host}", "127.0.0.1"), ("node[03-04],gpu7", "node03")],
+                         ids=["master_is_this_node", "compressed_node_list"])
+def test_a_slurm_task_is_a_rank_and_every_task_finds_the_same_master(monkeypatch, nodes, master):
+    import socket
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+             "SLURM_JOB_NODELIST": nodes.format(host=socket.gethostname())}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert runtimes._rank_environment() == (3, 1, 4)
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == (master, "21234")

@@ -20,7 +20,7 @@ from llm.inference.engine import Engine, greedy_uncached
 from llm.model.kv_cache import KVCache
 from llm.train import build
 from llm.train import runtime as runtimes
-from llm.train.inference import load_model
+from llm.train.load import load_model
 
 
 def _load(target: str | Path | list[str], device: str):

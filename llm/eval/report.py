@@ -28,7 +28,7 @@ from llm.eval.sample import greedy_continuations, sampled_continuations
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
 from llm.train.checkpoint import CheckpointError
-from llm.train.inference import load_model
+from llm.train.load import load_model
 from llm.train.rundir import write_atomic
 
 RESULT_FILE = "eval.json"

@@ -33,10 +33,9 @@ from llm.model import attention
 from llm.optim.schedules import apply_schedules
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
-from llm.train.inference import TOKENIZER_DIR
 from llm.train.preemption import StopSignal
 from llm.train.progress import Progress
-from llm.train.rundir import RunDir, Summary
+from llm.train.rundir import TOKENIZER_DIR, RunDir, Summary
 from llm.train.step import train_step
 from llm.train.tracking import Tracker
 

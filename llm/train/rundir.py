@@ -6,6 +6,7 @@
     DIR/metrics.jsonl     one JSON object per logged step
     DIR/summary.json      status and headline numbers, rewritten atomically as the run goes
     DIR/launches.jsonl    one line per start of the run: host, step it started from, dtype, Slurm job ids
+    DIR/tokenizer/        a copy of the run's tokenizer, so the directory is usable without the data home
     DIR/checkpoints/      see checkpoint.py
 
 Sweeps, notebooks and evaluation read only these files. Every write is atomic (temp file, fsync,
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llm.config.derived import ConfigError
+
+TOKENIZER_DIR = "tokenizer"
 
 # What a scheduler tells a job about itself, recorded at every (re)start.
 SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",

@@ -61,22 +61,17 @@ def _rank_environment() -> tuple[int, int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
-        os.environ.setdefault("MASTER_ADDR", _slurm_master_host())
+        # submitit's reading of Slurm's variables (node list included), whether or not submitit launched us.
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        slurm = SlurmJobEnvironment()
+        first = slurm.hostnames[0]
+        # On the master's own node loopback always works, even where the node name does not resolve.
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1" if first == socket.gethostname() else first)
         # Every task of a job derives the same port from the job id, so no one has to publish it.
-        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
-        return rank, int(os.environ.get("SLURM_LOCALID", 0)), world
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(slurm.job_id) % 20000))
+        return slurm.global_rank, slurm.local_rank, slurm.num_tasks
     return 0, 0, 1
-
-
-def _slurm_master_host() -> str:
-    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or socket.gethostname()
-    first = nodes.split(",")[0]
-    if "[" in first:  # a compressed list such as node[03-05]: the first node is prefix + first index
-        prefix, rest = first.split("[", 1)
-        first = prefix + rest.split("-")[0].split("]")[0]
-    # On the master's own node, loopback always works, even where the node name does not resolve.
-    return "127.0.0.1" if first == socket.gethostname() else first
 
 
 def _pick_device(requested: str, local_rank: int) -> torch.device:

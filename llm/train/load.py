@@ -13,8 +13,7 @@ from llm.data.tokenizer import Tokenizer
 from llm.model.gpt import GPT
 from llm.train import checkpoint
 from llm.train.build import gpt_config
-
-TOKENIZER_DIR = "tokenizer"
+from llm.train.rundir import TOKENIZER_DIR
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
