@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 register()
 
+# Fixtures that start train.py processes: a test that uses one is end to end, hence slow.
+END_TO_END_FIXTURES = {"isoflop_cpu_sweep"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def llm_home(tmp_path_factory) -> Path:
