@@ -13,8 +13,9 @@ import torch
 
 from llm.config import compose_run
 from llm.config.derived import ConfigError
-from llm.train import loop
+from llm.train import build, loop
 from llm.train import runtime as runtimes
+from llm.train.checkpoint import CheckpointError
 from tests.conftest import TINY_RUN
 
 RUN = [*TINY_RUN, "checkpoint.every=-1"]  # checkpoints only at the last step and at a stop
@@ -149,3 +150,26 @@ def test_auto_and_the_dtype_it_resolves_to_train_identically(tmp_path, llm_home)
     train(explicit, f"dtype={resolved}", "budget.num_iterations=1", "eval.every=-1")
     assert metrics(auto)[0]["step"] == 1 and metrics(auto)[0]["loss"] == metrics(explicit)[0]["loss"]
     assert_same_run(auto, explicit)
+
+
+def test_a_corrupt_checkpoint_is_a_checkpoint_error_and_stays_as_it_was(tmp_path, llm_home, monkeypatch):
+    run = tmp_path / "run"
+    train(run, stop_after=3, monkeypatch=monkeypatch)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "checkpoints" / "step_000003" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="step_000003 is unreadable .*delete it"):
+        train(run)
+    assert (run / "checkpoints" / "step_000003" / "model.pt").read_bytes() == b"not a checkpoint"
+    assert json.loads((run / "summary.json").read_text()) == summary | {"status": "failed"}
+
+
+def test_a_stage_can_start_from_a_parent_checkpoint(tmp_path, llm_home):
+    """The seam later stages use: build_run(init_from=...) starts from the parent's weights."""
+    parent = tmp_path / "parent"
+    train(parent, "budget.num_iterations=2", "eval.every=-1")
+    cfg = compose_run(RUN)
+    child = build.build_run(cfg, runtimes.start(cfg.device, cfg.dtype, cfg.seed), init_from=parent)
+    fresh = build.build_run(cfg, runtimes.start(cfg.device, cfg.dtype, cfg.seed))
+    weights = final_weights(parent)
+    assert all(torch.equal(child.model.state_dict()[k], weights[k]) for k in weights)
+    assert not torch.equal(fresh.model.state_dict()["lm_head.weight"], weights["lm_head.weight"])
