@@ -7,13 +7,12 @@
     python train.py -m sweep=isoflop_cpu              # a sweep (see conf/sweep, conf/hydra/launcher)
 """
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from llm.cli import exit_on
 from llm.config import derived
 from llm.config.schema import register
 
@@ -22,17 +21,16 @@ register()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
-        if cfg.dry_run:
+    if cfg.dry_run:
+        with exit_on(derived.ConfigError):
             plan = derived.plan(cfg)
-            print(plan.one_line() if HydraConfig.get().mode == RunMode.MULTIRUN else plan.report())
-            return
-        from llm.train.loop import train  # torch is imported only when there is training to do
+        print(plan.one_line() if HydraConfig.get().mode == RunMode.MULTIRUN else plan.report())
+        return
+    from llm.train.checkpoint import CheckpointError  # torch is imported only when there is training to do
+    from llm.train.loop import train
 
+    with exit_on(derived.ConfigError, CheckpointError):
         train(cfg, HydraConfig.get().runtime.output_dir)
-    except derived.ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ so the history must fit the model's context. A calculator call the model writes 
 import argparse
 import sys
 
+from llm.cli import exit_on
 from llm.config.derived import ConfigError
 from llm.data.conversation import ASSISTANT_START, OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
 from llm.inference.engine import Engine
 from llm.model import attention
 from llm.train import runtime as runtimes
-from llm.train.inference import load_model
+from llm.train.checkpoint import CheckpointError
+from llm.train.load import load_model
 
 
 class ChatError(Exception):
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = parser.parse_args(argv)
-    try:
+    with exit_on(ChatError, ConfigError, CheckpointError, FileNotFoundError, ValueError, prog="llm.chat"):
         if args.prompt is not None and not args.prompt.strip():
             raise ChatError("the prompt is empty: pass some text with -p, or omit -p to chat interactively")
         if args.temperature < 0 or args.max_tokens < 1:
@@ -166,9 +168,6 @@ def main(argv: list[str] | None = None) -> None:
                 interactive(conversation)
             else:
                 conversation.reply(args.prompt.strip(), sys.stdout)
-    except (ChatError, ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"llm.chat: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -24,20 +24,21 @@ import argparse
 import json
 import pickle
 import re
-import sys
 import warnings
 from pathlib import Path
 
 import tiktoken
 import torch
 
+from llm.cli import exit_on
 from llm.config.derived import ModelShape, flops_per_token, parameter_counts, scaling_params
 from llm.data.paths import publish_directory
 from llm.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, token_bytes
 from llm.model.gpt import GPT
 from llm.train import checkpoint
 from llm.train.build import gpt_config
-from llm.train.inference import TOKENIZER_DIR, shape_from_meta
+from llm.train.checkpoint import CheckpointError
+from llm.train.rundir import TOKENIZER_DIR
 
 COMPILE_PREFIX = "_orig_mod."
 NANOCHAT_ENCODING_NAME = "rustbpe"
@@ -183,19 +184,15 @@ def from_nanochat(src: Path, dst: Path, step: int | None = None, tokenizer_path:
     nanochat_loop = nanochat_meta.get("loop_state", {})
     loop = {"step": step, "val_bpb": nanochat_meta.get("val_bpb"), "min_val_bpb": nanochat_loop.get("min_val_bpb"),
             "train_time_sec": nanochat_loop.get("total_training_time", 0.0)}
-    meta = {"step": step, "vocab_size": shape.vocab_size, "world_size": 1, "loop": loop, "plan": plan,
-            "nanochat_meta": nanochat_meta}
+    meta = {"vocab_size": shape.vocab_size, "loop": loop, "plan": plan, "nanochat_meta": nanochat_meta}
     summary = {"status": "imported", "source": str(src.resolve()), "step": step, "val_bpb": loop["val_bpb"],
                "params": plan["params"], "scaling_params": plan["scaling_params"],
                "flops_per_token": plan["flops_per_token"], "world_size": 1, "plan": plan}
     with publish_directory(dst) as staging:
-        ckpt = staging / "checkpoints" / f"step_{step:06d}"
-        ckpt.mkdir(parents=True)
-        torch.save(state, ckpt / "model.pt")
-        (ckpt / "meta.json").write_text(json.dumps(meta, indent=2))
+        ckpt = checkpoint.save_weights(staging / "checkpoints", step, state, meta)
         tokenizer.save(staging / TOKENIZER_DIR)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2))
-    return dst / "checkpoints" / f"step_{step:06d}"
+    return dst / "checkpoints" / ckpt.name
 
 
 # --- this project -> nanochat ---------------------------------------------------------------------
@@ -209,7 +206,7 @@ def to_nanochat(src: Path, dst: Path) -> Path:
     except FileNotFoundError as error:
         raise InteropError(str(error))
     meta = checkpoint.read_meta(ckpt)
-    shape = shape_from_meta(meta)
+    shape = checkpoint.shape_of(meta)
     run_dir = ckpt.parent.parent
     tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
     step = meta["step"]
@@ -245,14 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     exporter.add_argument("src", type=Path, help="run directory or checkpoints/step_N directory")
     exporter.add_argument("dst", type=Path, help="new nanochat checkpoint folder")
     args = parser.parse_args(argv)
-    try:
+    with exit_on(InteropError, CheckpointError, FileNotFoundError, ValueError, prog="llm.interop"):
         if args.command == "from-nanochat":
             written = from_nanochat(args.src, args.dst, args.step, args.tokenizer)
         else:
             written = to_nanochat(args.src, args.dst)
-    except (InteropError, FileNotFoundError, ValueError) as error:
-        print(f"llm.interop: error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {written}")
 
 

@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 register()
 
+# Fixtures that start train.py processes: a test that uses one is end to end, hence slow.
+END_TO_END_FIXTURES = {"isoflop_cpu_sweep"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def llm_home(tmp_path_factory) -> Path:
@@ -57,9 +66,13 @@ def run_train(run_dir: Path, *overrides: str, home: Path, check: bool = True, np
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, llm_home) -> Path:
-    """A tiny model trained once per session by a real train.py process (for evaluation, chat, export)."""
+    """A tiny model trained once per session by the training loop, in this process (for evaluation,
+    chat, export); train.py itself, as a process, is tested in test_train.py."""
+    from llm.config import compose_run
+    from llm.train.loop import train
+
     run = tmp_path_factory.mktemp("trained") / "run"
-    run_train(run, *TINY_RUN, "budget.num_iterations=12", home=llm_home)
+    train(compose_run([*TINY_RUN, "budget.num_iterations=12"]), run)
     return run
 
 

@@ -8,7 +8,7 @@ import torch
 from llm.inference.calculator import calculate
 from llm.inference.engine import Engine
 from llm.model import attention
-from llm.train.inference import load_model
+from llm.train.load import load_model
 from tests.engine_fakes import ScriptedModel, byte_tokenizer
 
 

@@ -10,7 +10,7 @@ import pytest
 from llm.chat import ChatError, Conversation
 from llm.inference.engine import Engine
 from llm.model import attention
-from llm.train.inference import load_model
+from llm.train.load import load_model
 from tests.conftest import REPO
 from tests.engine_fakes import RecordingEngine, ScriptedModel, byte_tokenizer
 

@@ -8,7 +8,7 @@ from llm.inference.engine import Engine, greedy_uncached, sample_next_token
 from llm.model import attention
 from llm.model.gpt import GPT, GPTConfig
 from llm.model.kv_cache import cache_dtype
-from llm.train.inference import load_model
+from llm.train.load import load_model
 from tests.engine_fakes import ScriptedModel, byte_tokenizer
 
 BYTES = byte_tokenizer()

@@ -17,8 +17,8 @@ from llm.eval import core
 from llm.eval.bundle import load_bundle
 from llm.eval.offline import offline_bundle_dir
 from llm.eval.sample import sampled_continuations
-from llm.evaluate import evaluate as run_evaluation
-from llm.train.inference import load_model
+from llm.eval.report import evaluate as run_evaluation
+from llm.train.load import load_model
 from tests.conftest import CONF, REPO
 
 QUICK = ["eval=offline", "eval.core_max_per_task=8", "unconditioned_samples=2", "unconditioned_tokens=8",

@@ -14,7 +14,7 @@ from llm.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, token_bytes
 from llm.interop import COMPILE_PREFIX, InteropError, from_nanochat, to_nanochat
 from llm.model import attention
 from llm.train import checkpoint
-from llm.train.inference import load_model
+from llm.train.load import load_model
 from llm.train.loop import LoopState
 from tests.conftest import REPO
 

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from llm.config import compose_run, derived
-from llm.data.paths import base_dir
+from llm.config import compose_run
 from llm.train import build
 from llm.train import runtime as runtimes
 from llm.train.step import train_step
@@ -33,16 +32,10 @@ def one_thread():
 def train_briefly(dtype: str) -> tuple[list[float], torch.nn.Module, torch.optim.Optimizer]:
     """STEPS training steps of the SHAPE config on the embedded corpus: (losses, model, optimizer)."""
     cfg = compose_run([*SHAPE, f"dtype={dtype}"])
-    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
-    base = base_dir(cfg.base_dir)
-    corpus = build.corpus(cfg.data, base)
-    tokenizer = build.tokenizer(cfg.data, corpus, base)
-    plan = derived.plan(cfg, runtime.world_size, tokenizer.vocab_size)
-    model = build.model(plan.shape, cfg.attention, runtime)
-    optimizer = build.optimizer(model, plan, cfg.optim, runtime)
-    batches = build.loader(cfg, tokenizer, corpus, "train", runtime)
-    losses = [train_step(model, optimizer, batches, plan.grad_accum_steps, runtime) for _ in range(STEPS)]
-    return losses, model, optimizer
+    run = build.build_run(cfg, runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir))
+    losses = [train_step(run.model, run.optimizer, run.loaders.train, run.plan.grad_accum_steps, run.runtime)
+              for _ in range(STEPS)]
+    return losses, run.model, run.optimizer
 
 
 def test_bf16_autocast_follows_the_fp32_loss_curve(llm_home, one_thread):

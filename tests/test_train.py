@@ -1,4 +1,8 @@
-"""train.py end to end, as real processes: the run-directory contract, resume, bad input."""
+"""train.py end to end, as real processes: the run-directory contract, resume, bad input.
+
+The loop's logic is tested in this process by test_loop.py; these tests start train.py (and
+torchrun) as a user would, so they are slow.
+"""
 
 import json
 import os
@@ -14,6 +18,8 @@ import torch
 
 from llm.device import fast_bf16_matmul
 from tests.conftest import REPO, TINY_RUN, run_train
+
+pytestmark = pytest.mark.slow
 
 LONG_RUN = [*TINY_RUN, "budget.num_iterations=40", "eval.every=10", "checkpoint.every=4", "checkpoint.keep=20"]
 

@@ -1,7 +1,7 @@
 """Inference throughput: prompt prefill, and decoding with and without the KV cache.
 
 The model is either a trained run directory or a freshly initialised model of a composed config
-(random weights decode just as fast). Three figures, each the best of `repeats` timed runs after
+(random weights decode just as fast; a tool call they happen to emit is refused as garbage). Three figures, each the best of `repeats` timed runs after
 `warmup` untimed ones:
 
 - prefill: one forward over a prompt into an empty cache (tokens/s of prompt);
@@ -15,19 +15,19 @@ from pathlib import Path
 
 import torch
 
-from llm.config import compose_run, derived
-from llm.data.tokenizer import BOS, SPECIAL_TOKENS
+from llm.config import compose_run
 from llm.inference.engine import Engine, greedy_uncached
 from llm.model.kv_cache import KVCache
 from llm.train import build
 from llm.train import runtime as runtimes
-from llm.train.inference import load_model
+from llm.train.load import load_model
 
 
 def _load(target: str | Path | list[str], device: str):
     """(runtime, model, tokenizer, description) for a run directory or a list of Hydra overrides.
 
-    A run directory runs on `device`; a composed config on its own device, precision and seed.
+    A run directory runs on `device`; a composed config is built as training builds it, on its own
+    device, precision and seed.
     """
     if isinstance(target, (str, Path)):
         runtime = runtimes.start(device, "auto", 0)
@@ -35,27 +35,9 @@ def _load(target: str | Path | list[str], device: str):
         return runtime, model, tokenizer, str(target)
     cfg = compose_run(target)
     runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
-    plan = derived.plan(cfg, runtime.world_size)
-    model = build.model(plan.shape, cfg.attention, runtime)
-    model.eval()
-    return runtime, model, _SpecialTokens(plan.shape.vocab_size), " ".join(target) or "defaults"
-
-
-class _SpecialTokens:
-    """A tokenizer for a random model: the special ids where the real one puts them, and no text.
-
-    Decoding to "" means a tool call the model happens to emit is refused, as garbage would be.
-    """
-
-    def __init__(self, vocab_size: int):
-        self.ids = {name: vocab_size - len(SPECIAL_TOKENS) + i for i, name in enumerate(SPECIAL_TOKENS)}
-        self.bos_id = self.ids[BOS]
-
-    def encode_special(self, name: str) -> int:
-        return self.ids[name]
-
-    def decode(self, ids: list[int]) -> str:
-        return ""
+    built = build.build_run(cfg, runtime)
+    built.model.eval()
+    return runtime, built.model, built.tokenizer, " ".join(target) or "defaults"
 
 
 def _best_time(run, repeats: int, warmup: int, runtime: runtimes.Runtime) -> float:

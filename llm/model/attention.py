@@ -83,7 +83,8 @@ def _resolve(requested):
         return "fa3"
     if requested == "fa3":
         raise RuntimeError(f"attention backend 'fa3' is unavailable: {failure}; use 'auto' or 'sdpa'")
-    if not _fallback_warned:
+    # Only where FA3 was expected (a CUDA device); elsewhere the run's header names the backend.
+    if not _fallback_warned and torch.cuda.is_available():
         warnings.warn(f"FlashAttention-3 unavailable ({failure}); attention falls back to PyTorch SDPA")
         _fallback_warned = True
     return "sdpa"

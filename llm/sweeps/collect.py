@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from llm.train.rundir import RunDir
+
 RESULTS = "results"  # results.csv and results.parquet in the sweep directory
 PARAM_COLUMNS = {"wte": "params_wte", "value_embeds": "params_value_embeds", "lm_head": "params_lm_head",
                  "transformer_matrices": "params_transformer", "scalars": "params_scalars", "total": "params_total"}
@@ -34,11 +36,6 @@ def pending_dirs(sweep_dir: Path, started: list[Path]) -> list[Path]:
     return sorted(p for p in recorded if p.resolve() not in started_resolved)
 
 
-def _last_line(path: Path) -> dict:
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
-
-
 def run_row(run_dir: Path) -> dict:
     row = dict.fromkeys(COLUMNS, math.nan)
     row.update(run_dir=str(run_dir), status="pending", slurm_job_id=None)
@@ -48,15 +45,16 @@ def run_row(run_dir: Path) -> dict:
         budget = config.budget.target_flops
         row["flops_budget"] = budget if budget > 0 else math.nan
         row["depth"] = config.model.depth
-    row["slurm_job_id"] = _last_line(run_dir / "launches.jsonl").get("slurm_job")
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        row["status"] = "failed" if config_path.exists() else "pending"  # started, never got to training
-        return row
+    run = RunDir(run_dir)
+    launches = run.read_launches()
+    row["slurm_job_id"] = launches[-1].get("slurm_job") if launches else None
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = run.read_summary()
     except json.JSONDecodeError:  # never written by a run (its writes are atomic), but never fatal here
         row["status"] = "unreadable"
+        return row
+    if summary is None:
+        row["status"] = "failed" if config_path.exists() else "pending"  # started, never got to training
         return row
     if "params" not in summary:  # starting, or failed while building its data and model
         row["status"] = summary.get("status", "unreadable")

@@ -16,11 +16,16 @@ from pathlib import Path
 
 import torch
 
-from llm.config.derived import ConfigError
+from llm.config.derived import ConfigError, ModelShape
 from llm.train.rundir import write_atomic
 from llm.train.runtime import Runtime
 
 PARTIAL = ".partial"
+UNREADABLE = (OSError, RuntimeError, EOFError, pickle.UnpicklingError, json.JSONDecodeError)
+
+
+class CheckpointError(Exception):
+    """A checkpoint on disk that cannot be used (torn, corrupt, or of another model); the message says what to do."""
 
 
 def _step_dir(root: Path, step: int) -> Path:
@@ -63,6 +68,18 @@ def save(root: Path, step: int, runtime: Runtime, model_state: dict, optimizer_s
     return final
 
 
+def save_weights(root: Path, step: int, model_state: dict, meta: dict) -> Path:
+    """A weights-only checkpoint (an imported model: usable, not resumable) from a single process.
+
+    Meant for a directory that is published whole afterwards (see llm.data.paths.publish_directory).
+    """
+    path = _step_dir(root, step)
+    path.mkdir(parents=True)
+    torch.save(model_state, path / "model.pt")
+    write_atomic(path / "meta.json", json.dumps({**meta, "step": step, "world_size": 1}, indent=2))
+    return path
+
+
 def _prune(root: Path, keep: int) -> None:
     """Keep the newest `keep` checkpoints (at least one) so long runs do not fill the disk."""
     for old in completed(root)[:-max(keep, 1)]:
@@ -70,7 +87,25 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def read_meta(path: Path) -> dict:
-    return json.loads((path / "meta.json").read_text())
+    try:
+        return json.loads((path / "meta.json").read_text())
+    except UNREADABLE as error:
+        raise CheckpointError(f"{path} is unreadable ({error.__class__.__name__} in meta.json): delete it to use "
+                              "the checkpoint before it") from error
+
+
+def shape_of(meta: dict) -> ModelShape:
+    """The model shape a checkpoint's meta.json records (in its plan, by field name)."""
+    return ModelShape(**{name: meta["plan"][name] for name in ModelShape.__dataclass_fields__})
+
+
+def load_weights(path: Path, device: torch.device | str) -> dict:
+    """The model state of the checkpoint at `path`, as every rank of every stage loads it."""
+    try:
+        return torch.load(path / "model.pt", map_location=device, weights_only=True)
+    except UNREADABLE as error:
+        raise CheckpointError(f"{path} is unreadable ({error.__class__.__name__} in model.pt): delete it to use "
+                              "the checkpoint before it") from error
 
 
 def load(path: Path, runtime: Runtime) -> tuple[dict, dict, dict, dict]:
@@ -79,13 +114,13 @@ def load(path: Path, runtime: Runtime) -> tuple[dict, dict, dict, dict]:
     if meta["world_size"] != runtime.world_size:
         raise ConfigError(f"{path} was written by {meta['world_size']} ranks but this run has "
                           f"{runtime.world_size}: resume with the same number of processes")
+    model_state = load_weights(path, runtime.device)
     try:
-        model_state = torch.load(path / "model.pt", map_location=runtime.device)
         optimizer_state = torch.load(path / f"optim_rank{runtime.rank}.pt", map_location=runtime.device)
         loader_state = json.loads((path / f"loader_rank{runtime.rank}.json").read_text())
-    except (OSError, RuntimeError, pickle.UnpicklingError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} is unreadable ({error.__class__.__name__}): delete it to resume from the "
-                          "checkpoint before it") from error
+    except UNREADABLE as error:
+        raise CheckpointError(f"{path} is unreadable ({error.__class__.__name__}): delete it to resume from the "
+                              "checkpoint before it") from error
     return model_state, optimizer_state, loader_state, meta
 
 

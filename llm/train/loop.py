@@ -1,224 +1,239 @@
-"""The pretraining recipe: build, (resume), then step until the horizon, evaluating on the way.
+"""The training recipe: build, resume if there is a checkpoint, then step to the horizon.
 
-Each pass of the loop first does what is due at `step` (evaluate, sample, checkpoint), then trains
-one optimizer step. Checkpoints hold everything that decides what comes next (weights, optimizer,
-dataloader position, loop state), so a run stopped at any checkpoint and resumed produces the same
-losses and weights as one that never stopped.
+    evaluate at step 0
+    for each step: train, evaluate if due, record, save if due, stop if signalled
+
+A checkpoint at step s holds everything after step s (weights, optimizer, data position, loop
+state) and is written after step s's metrics are recorded, so resuming from it starts at step s+1
+with nothing left over, and a run stopped and resumed produces exactly the losses and weights of
+one that never stopped. Every periodic action follows llm.config.cadence; the checkpoint at the
+last step and the one at a stop signal are always written.
+
+Later stages reuse this loop: `train` takes the stage's data (`loaders`) and a parent checkpoint
+(`init_from`) whose weights a new run starts from.
 """
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from llm.analysis.hardware import peak_flops
-from llm.config import derived
-from llm.data.paths import base_dir
+from llm.config.cadence import is_due
+from llm.config.derived import ConfigError
 from llm.data.tokenizer import token_bytes
+from llm.device import peak_flops, peak_memory_bytes
 from llm.eval.bpb import evaluate_bpb
 from llm.eval.core import core_score
 from llm.eval.sample import greedy_continuations
+from llm.model import attention
 from llm.optim.schedules import apply_schedules
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
 from llm.train.preemption import StopSignal
 from llm.train.progress import Progress
-from llm.train.inference import TOKENIZER_DIR
-from llm.train.rundir import RunDir
+from llm.train.rundir import TOKENIZER_DIR, RunDir, Summary
 from llm.train.step import train_step
 from llm.train.tracking import Tracker
 
 
 @dataclass
 class LoopState:
-    """Everything besides weights, optimizer and data position that a resumed run must restore."""
+    """What a resumed run restores besides weights, optimizer and data position: the state after `step`."""
     step: int = 0
-    smooth_loss: float = 0.0  # debiased EMA of the training loss, for display
     train_time_sec: float = 0.0
-    val_bpb: float | None = None
-    core_score: float | None = None
-    min_val_bpb: float | None = None
     train_loss: float | None = None
-    pending: dict = field(default_factory=dict)  # the metrics record of `step`, written once evals are in
+    val_bpb: float | None = None
+    min_val_bpb: float | None = None
+    core_score: float | None = None
+
+    @classmethod
+    def from_meta(cls, loop: dict) -> "LoopState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in loop.items() if key in known})
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
-    stop = StopSignal()
-    try:
-        summary = _train(cfg, RunDir(run_dir), runtime, stop)
-    finally:
-        runtimes.stop(runtime)
-    stop.hand_over()  # e.g. submitit requeues the job now that the checkpoint is safe
-    return summary
-
-
-def _master_first(runtime: runtimes.Runtime, make: Callable):
-    """Rank 0 builds shared files (corpus, tokenizer) before the other ranks read them."""
-    if runtime.is_master:
-        result = make()
-    runtime.barrier()
-    return result if runtime.is_master else make()
-
-
-def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSignal) -> dict:
-    say = print if runtime.is_master else (lambda *_: None)
+def train(cfg: DictConfig, run_dir: str | Path, loaders: Callable[..., build.Loaders] = build.pretraining_loaders,
+          init_from: Path | None = None) -> dict:
+    """Train cfg in run_dir (resuming what is there) and return its summary."""
+    run = RunDir(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    run.check_identity(config)
+    run.check_identity(config)  # every rank checks, so all refuse together
     finished = run.read_summary()
     if finished and finished["status"] == "done":
-        say(f"{run.path} already finished at step {finished['step']}: nothing to do")
+        print(f"{run.path} already finished at step {finished['step']}: nothing to do")
         return finished
+    runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir, run.recorded_dtype())
+    stop = StopSignal()
     if runtime.is_master:
-        run.bind(config, OmegaConf.to_yaml(cfg, resolve=True))
-        run.set_status("starting")  # building data and model; "running" from the first loop pass
+        run.bind(config, OmegaConf.to_yaml(cfg, resolve=True), runtime.dtype_name)
+        run.set_status("starting")  # building data and model; "running" once the loop starts
     try:
-        return _build_and_run(cfg, run, runtime, stop, config, say)
+        summary = Trainer(cfg, build.build_run(cfg, runtime, loaders, init_from), run, stop).run()
     except BaseException:
         if runtime.is_master:
             run.set_status("failed")  # the numbers stay those of the last step that was published
         raise
-
-
-def _build_and_run(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSignal, config: dict,
-                   say: Callable) -> dict:
-    base = base_dir(cfg.base_dir)
-    corpus_dir = _master_first(runtime, lambda: build.corpus(cfg.data, base))
-    tok = _master_first(runtime, lambda: build.tokenizer(cfg.data, corpus_dir, base))
-    plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
-    if runtime.is_master and not (run.path / TOKENIZER_DIR).exists():
-        tok.save(run.path / TOKENIZER_DIR)  # the run directory stays usable without the data home
-    model = build.model(plan.shape, cfg.attention, runtime)
-    optimizer = build.optimizer(model, plan, cfg.optim, runtime)
-    train_batches = build.loader(cfg, tok, corpus_dir, "train", runtime)
-    bytes_per_token = token_bytes(tok).to(runtime.device)
-
-    state = LoopState()
-    resume_from = checkpoint.latest(run.checkpoints)
-    if resume_from is not None:
-        model_state, optimizer_state, loader_state, meta = checkpoint.load(resume_from, runtime)
-        if meta["vocab_size"] != tok.vocab_size:
-            raise derived.ConfigError(f"{resume_from} was trained with vocab {meta['vocab_size']} but the tokenizer "
-                                      f"has {tok.vocab_size}: use the data config it was trained with")
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
-        train_batches.load_state_dict(loader_state)
-        state = LoopState(**meta["loop"])
-        if runtime.is_master:
-            run.rewind_metrics(state.step - 1)
-        say(f"resuming from {resume_from} (step {state.step})")
-    resumed_at = state.step
-    if runtime.is_master:
-        run.record_launch(resumed_at, runtime.world_size, runtime.dtype_name)
-
-    step_model = torch.compile(model, dynamic=False) if cfg.train.compile else model
-    tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, cfg.run_name, run.path, config,
-                      enabled=runtime.is_master)
-    # MFU against the accelerator's bf16 peak; CPUs have no table entry (the benchmark measures theirs).
-    peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device.type == "cuda" else None
-    progress = Progress(plan, runtime, peak)
-    say(progress.banner(cfg))
-
-    def summary(status: str) -> dict:
-        tokens = state.step * plan.total_batch_size
-        return {
-            "status": status, "step": state.step, "num_iterations": plan.num_iterations,
-            "train_loss": state.train_loss, "val_bpb": state.val_bpb, "min_val_bpb": state.min_val_bpb,
-            "core_score": state.core_score,
-            "params": plan.params, "scaling_params": plan.scaling_params,
-            "flops_per_token": plan.flops_per_token, "tokens_trained": tokens,
-            "total_flops": float(plan.flops_per_token) * tokens, "train_time_sec": state.train_time_sec,
-            "device": runtime.describe(), "world_size": runtime.world_size, "run_name": cfg.run_name,
-            "plan": plan.describe(),
-        }
-
-    def publish(status: str) -> None:
-        if runtime.is_master:
-            run.write_summary(summary(status))
-
-    publish("running")
-    try:
-        while True:
-            last = state.step == plan.num_iterations
-            fresh = state.step != resumed_at or resume_from is None  # a resumed step was saved already
-            if fresh and (last or _due(cfg.eval.every, state.step, last)):
-                state.val_bpb = _evaluate(cfg, step_model, tok, corpus_dir, runtime, bytes_per_token)
-                state.min_val_bpb = min(state.val_bpb, state.min_val_bpb or math.inf)
-                state.pending["val_bpb"] = state.val_bpb
-                say(f"step {state.step:05d} | val bpb {state.val_bpb:.4f}")
-            if fresh and state.step > 0 and _due(cfg.eval.core_every, state.step, last):
-                core = core_score(model, tok, cfg.eval, runtime, base)  # uncompiled: every example has its own shape
-                state.core_score = state.pending["core_score"] = core["score"]
-                say(f"step {state.step:05d} | CORE {core['score']:.4f} ({core['bundle']})")
-            if fresh and runtime.is_master and state.step > 0 and _due(cfg.eval.sample_every, state.step, last):
-                _print_samples(cfg, model, tok, runtime)
-            preempted = stop.requested(runtime)
-            if fresh and state.step > 0 and (last or preempted or _due(cfg.checkpoint.every, state.step, last)):
-                _save(run, state, model, optimizer, train_batches, runtime, plan, cfg.checkpoint.keep)
-            if runtime.is_master and state.pending:
-                record = {"step": state.step, **state.pending}
-                run.append_metrics(record)
-                tracker.log(record, state.step)
-            state.pending = {}
-            publish("running")
-            if last or preempted:
-                break
-
-            step_start = time.perf_counter()
-            lrm = apply_schedules(optimizer, state.step, plan.num_iterations, cfg.optim)
-            state.train_loss = train_step(step_model, optimizer, train_batches, plan.grad_accum_steps, runtime)
-            runtime.synchronize()
-            dt = time.perf_counter() - step_start
-
-            state.step += 1
-            state.train_time_sec += dt
-            ema = 0.9
-            state.smooth_loss = ema * state.smooth_loss + (1 - ema) * state.train_loss
-            shown_loss = state.smooth_loss / (1 - ema ** state.step)
-            line, metrics = progress.step(state.step, state.train_loss, lrm, dt, train_batches.epoch,
-                                          state.train_time_sec)
-            state.pending = metrics
-            if cfg.train.log_every > 0 and (state.step % cfg.train.log_every == 0 or state.step == 1):
-                say(f"{line} | smooth loss {shown_loss:.4f}")
     finally:
-        tracker.finish()
-
-    status = "done" if state.step == plan.num_iterations else "preempted"
-    publish(status)
-    say(f"{status} at step {state.step}: train loss {state.train_loss}, val bpb {state.val_bpb}, "
-        f"{state.train_time_sec / 60:.2f} min training, peak memory {runtime.peak_memory_bytes() / 2**20:.0f} MiB")
-    return summary(status)
+        runtimes.stop(runtime)
+    stop.hand_over()  # e.g. submitit requeues the job now that the checkpoint is safe
+    return asdict(summary)
 
 
-def _due(every: int, step: int, last: bool) -> bool:
-    """Every N steps and at the end; N <= 0 turns it off."""
-    return every > 0 and (last or step % every == 0)
+class Trainer:
+    """One run's loop over its built components; `run` is the recipe, the other methods its steps."""
 
+    def __init__(self, cfg: DictConfig, built: build.Run, run: RunDir, stop: StopSignal):
+        self.cfg, self.built, self.run_dir, self.stop = cfg, built, run, stop
+        self.runtime, self.plan, self.model = built.runtime, built.plan, built.model
+        self.is_master = self.runtime.is_master
+        self.say = print if self.is_master else (lambda *_: None)
+        self.step_model = torch.compile(self.model, dynamic=False) if cfg.train.compile else self.model
+        self.bytes_per_token = token_bytes(built.tokenizer).to(self.runtime.device)
+        self.state = LoopState()
+        if self.is_master and not (run.path / TOKENIZER_DIR).exists():
+            built.tokenizer.save(run.path / TOKENIZER_DIR)  # the run directory stays usable without the data home
 
-def _evaluate(cfg, step_model, tok, corpus_dir, runtime, bytes_per_token) -> float:
-    """Validation bits per byte over eval.tokens tokens, always from the start of the val split."""
-    val_batches = iter(build.loader(cfg, tok, corpus_dir, "val", runtime))
-    steps = max(1, cfg.eval.tokens // (cfg.train.device_batch_size * cfg.model.sequence_len * runtime.world_size))
-    step_model.eval()
-    with runtime.autocast():
-        bpb = evaluate_bpb(step_model, val_batches, steps, bytes_per_token)
-    step_model.train()
-    return bpb
+    def run(self) -> Summary:
+        n = self.plan.num_iterations
+        resumed = self.resume()
+        self.start_reporting()
+        try:
+            if not resumed:
+                self.record(self.evaluate())
+            stopping = False
+            while self.state.step < n and not stopping:
+                metrics = self.train_one_step()
+                metrics |= self.evaluate()
+                self.record(metrics)
+                stopping = self.stop.requested(self.runtime)
+                if stopping or self.state.step == n or is_due(self.cfg.checkpoint.every, self.state.step, n):
+                    self.save()
+                self.publish("running")
+        finally:
+            self.tracker.finish()
+        status = "done" if self.state.step == n else "preempted"
+        self.publish(status)
+        memory = "peak memory" if self.runtime.device.type == "cuda" else "peak RSS"
+        self.say(f"{status} at step {self.state.step}: train loss {self.state.train_loss}, val bpb "
+                 f"{self.state.val_bpb}, {self.state.train_time_sec / 60:.2f} min training, "
+                 f"{memory} {peak_memory_bytes(self.runtime.device) / 2**20:.0f} MiB")
+        return self.summary(status)
 
+    def resume(self) -> bool:
+        """Restore the newest checkpoint, if any, and forget metrics recorded after it."""
+        path = checkpoint.latest(self.run_dir.checkpoints)
+        if path is not None:
+            model_state, optimizer_state, loader_state, meta = checkpoint.load(path, self.runtime)
+            vocab = self.built.tokenizer.vocab_size
+            if meta["vocab_size"] != vocab:
+                raise ConfigError(f"{path} was trained with vocab {meta['vocab_size']} but the tokenizer has "
+                                  f"{vocab}: use the data config it was trained with")
+            self.model.load_state_dict(model_state)
+            self.built.optimizer.load_state_dict(optimizer_state)
+            self.built.loaders.train.load_state_dict(loader_state)
+            self.state = LoopState.from_meta(meta["loop"])
+            if self.is_master:
+                self.run_dir.rewind_metrics(self.state.step)
+            self.say(f"resuming from {path}: step {self.state.step} done, {self.state.step + 1} next")
+        if self.is_master:
+            self.run_dir.record_launch(self.state.step, self.runtime.world_size, self.runtime.dtype_name)
+        return path is not None
 
-def _print_samples(cfg, model, tok, runtime) -> None:
-    model.eval()
-    with runtime.autocast():
-        for text in greedy_continuations(model, tok, list(cfg.eval.sample_prompts), cfg.eval.sample_tokens):
-            print(f"  sample: {text!r}")
-    model.train()
+    def start_reporting(self) -> None:
+        cfg, runtime = self.cfg, self.runtime
+        self.tracker = Tracker(cfg.wandb.mode, cfg.wandb.project, cfg.run_name, self.run_dir.path,
+                               OmegaConf.to_container(cfg, resolve=True), enabled=self.is_master)
+        # Only rank 0 shows MFU; measuring a CPU's peak takes about a second.
+        peak, source = peak_flops(runtime.device, runtime.compute_dtype) if self.is_master else (None, None)
+        losses = [r["loss"] for r in self.run_dir.read_metrics() if "loss" in r] if self.is_master else []
+        self.progress = Progress(self.plan, runtime.world_size, peak, losses)
+        backend = attention.active_backend()
+        if backend == "sdpa" and cfg.attention.backend == "auto" and runtime.device.type != "cuda":
+            backend += " (FA3 needs a CUDA device)"
+        self.say(self.progress.banner(cfg, runtime.describe(), backend, source))
+        self.publish("running")
 
+    def train_one_step(self) -> dict:
+        """Step state.step + 1: schedules, forward/backward, update. Returns its metrics."""
+        start = time.perf_counter()
+        lrm = apply_schedules(self.built.optimizer, self.state.step, self.plan.num_iterations, self.cfg.optim)
+        loss = train_step(self.step_model, self.built.optimizer, self.built.loaders.train,
+                          self.plan.grad_accum_steps, self.runtime)
+        self.runtime.synchronize()
+        dt = time.perf_counter() - start
+        self.state.step += 1
+        self.state.train_loss = loss
+        self.state.train_time_sec += dt
+        line, metrics = self.progress.step(self.state.step, loss, lrm, dt, self.built.loaders.train.epoch,
+                                           self.state.train_time_sec)
+        log_every = self.cfg.train.log_every
+        if log_every > 0 and (self.state.step % log_every == 0 or self.state.step == 1):
+            self.say(line)
+        return metrics
 
-def _save(run: RunDir, state: LoopState, model, optimizer, loader, runtime, plan, keep: int) -> None:
-    meta = {"loop": asdict(state), "vocab_size": plan.shape.vocab_size, "plan": plan.describe()}
-    checkpoint.save(run.checkpoints, state.step, runtime, model.state_dict(), optimizer.state_dict(),
-                    loader.state_dict(), meta, keep)
+    def evaluate(self) -> dict:
+        """What is due at state.step: val bpb, CORE and samples (the last two never at step 0)."""
+        step, n, evals = self.state.step, self.plan.num_iterations, self.cfg.eval
+        metrics = {}
+        if is_due(evals.every, step, n):
+            self.state.val_bpb = metrics["val_bpb"] = self.val_bpb()
+            self.state.min_val_bpb = min(self.state.val_bpb, self.state.min_val_bpb or math.inf)
+            self.say(f"step {step:05d} | val bpb {self.state.val_bpb:.4f}")
+        if step > 0 and is_due(evals.core_every, step, n):
+            # The uncompiled model: every CORE example has its own shape.
+            core = core_score(self.model, self.built.tokenizer, evals, self.runtime, self.built.base)
+            self.state.core_score = metrics["core_score"] = core["score"]
+            self.say(f"step {step:05d} | CORE {core['score']:.4f} ({core['bundle']})")
+        if step > 0 and self.is_master and is_due(evals.sample_every, step, n):
+            self.print_samples()
+        return metrics
+
+    def val_bpb(self) -> float:
+        """Validation bits per byte over eval.tokens tokens, always from the start of the val split."""
+        cfg = self.cfg
+        rows = cfg.train.device_batch_size * cfg.model.sequence_len * self.runtime.world_size
+        self.step_model.eval()
+        with self.runtime.autocast():
+            bpb = evaluate_bpb(self.step_model, iter(self.built.loaders.val()), max(1, cfg.eval.tokens // rows),
+                               self.bytes_per_token)
+        self.step_model.train()
+        return bpb
+
+    def print_samples(self) -> None:
+        self.model.eval()
+        with self.runtime.autocast():
+            for text in greedy_continuations(self.model, self.built.tokenizer, list(self.cfg.eval.sample_prompts),
+                                             self.cfg.eval.sample_tokens):
+                print(f"  sample: {text!r}")
+        self.model.train()
+
+    def record(self, metrics: dict) -> None:
+        """Append state.step's metrics (if it has any) to metrics.jsonl and the tracker."""
+        if self.is_master and metrics:
+            record = {"step": self.state.step, **metrics}
+            self.run_dir.append_metrics(record)
+            self.tracker.log(record, self.state.step)
+
+    def save(self) -> None:
+        meta = {"loop": asdict(self.state), "vocab_size": self.plan.shape.vocab_size, "plan": self.plan.describe()}
+        checkpoint.save(self.run_dir.checkpoints, self.state.step, self.runtime, self.model.state_dict(),
+                        self.built.optimizer.state_dict(), self.built.loaders.train.state_dict(), meta,
+                        self.cfg.checkpoint.keep)
+
+    def summary(self, status: str) -> Summary:
+        plan, state, tokens = self.plan, self.state, self.state.step * self.plan.total_batch_size
+        return Summary(status=status, step=state.step, num_iterations=plan.num_iterations,
+                       train_loss=state.train_loss, val_bpb=state.val_bpb, min_val_bpb=state.min_val_bpb,
+                       core_score=state.core_score, params=dict(plan.params), scaling_params=plan.scaling_params,
+                       flops_per_token=plan.flops_per_token, tokens_trained=tokens,
+                       total_flops=float(plan.flops_per_token) * tokens, train_time_sec=state.train_time_sec,
+                       device=self.runtime.describe(), world_size=self.runtime.world_size,
+                       run_name=self.cfg.run_name, plan=plan.describe())
+
+    def publish(self, status: str) -> None:
+        if self.is_master:
+            self.run_dir.write_summary(self.summary(status))

@@ -1,10 +1,12 @@
 """The run directory: the contract between a run and everything that reads it.
 
     DIR/config.yaml       the resolved config
-    DIR/identity.json     the part of the config that defines the trajectory, and the git commit
+    DIR/identity.json     the part of the config that defines the trajectory, the compute dtype the
+                          first launch resolved, and the git commit
     DIR/metrics.jsonl     one JSON object per logged step
     DIR/summary.json      status and headline numbers, rewritten atomically as the run goes
     DIR/launches.jsonl    one line per start of the run: host, step it started from, dtype, Slurm job ids
+    DIR/tokenizer/        a copy of the run's tokenizer, so the directory is usable without the data home
     DIR/checkpoints/      see checkpoint.py
 
 Sweeps, notebooks and evaluation read only these files. Every write is atomic (temp file, fsync,
@@ -16,10 +18,13 @@ import os
 import socket
 import subprocess
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from llm.config.derived import ConfigError
+
+TOKENIZER_DIR = "tokenizer"
 
 # What a scheduler tells a job about itself, recorded at every (re)start.
 SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
@@ -63,6 +68,28 @@ def _trajectory(config: Mapping) -> dict[str, Any]:
     return {key: select(key) for key in TRAJECTORY_KEYS}
 
 
+@dataclass
+class Summary:
+    """DIR/summary.json of a run that has started training: its status and headline numbers."""
+    status: str  # running, done, preempted (starting and failed only change the status of what is there)
+    step: int
+    num_iterations: int
+    train_loss: float | None
+    val_bpb: float | None
+    min_val_bpb: float | None
+    core_score: float | None
+    params: dict
+    scaling_params: int
+    flops_per_token: int
+    tokens_trained: int
+    total_flops: float
+    train_time_sec: float
+    device: str
+    world_size: int
+    run_name: str
+    plan: dict  # Plan.describe()
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -83,19 +110,24 @@ class RunDir:
             raise ConfigError(f"{self.path} holds a run of a different config (differs in {', '.join(differing)}): "
                               "choose another hydra.run.dir, or delete that directory to start over")
 
-    def bind(self, config: Mapping, resolved_yaml: str) -> None:
+    def recorded_dtype(self) -> str | None:
+        """The compute dtype the run's first launch resolved (None: a new run, or one recorded before dtypes were)."""
+        identity_path = self.path / "identity.json"
+        return json.loads(identity_path.read_text()).get("compute_dtype") if identity_path.exists() else None
+
+    def bind(self, config: Mapping, resolved_yaml: str, compute_dtype: str) -> None:
         """Record the config this directory runs (its identity is written once, by the first run)."""
         self.path.mkdir(parents=True, exist_ok=True)
         identity_path = self.path / "identity.json"
         if not identity_path.exists():
-            write_atomic(identity_path, json.dumps({"trajectory": _trajectory(config), "git_commit": git_commit()},
-                                                   indent=2, default=str))
+            identity = {"trajectory": _trajectory(config), "compute_dtype": compute_dtype, "git_commit": git_commit()}
+            write_atomic(identity_path, json.dumps(identity, indent=2, default=str))
         write_atomic(self.path / "config.yaml", resolved_yaml)
 
     def record_launch(self, start_step: int, world_size: int, compute_dtype: str) -> None:
         """Append who started this run, where it started from and how it computes: one line per (re)start.
 
-        dtype=auto is decided on each machine, so a run resumed on another node kind says so here.
+        The dtype is the run's own (identity.json); this line says where each stretch of it ran.
         """
         scheduler = {key.lower(): os.environ[key] for key in SCHEDULER_VARIABLES if key in os.environ}
         if "slurm_job_id" in scheduler:  # the id squeue and sacct show: ARRAY_TASK for array jobs
@@ -106,15 +138,22 @@ class RunDir:
         with open(self.path / "launches.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def read_launches(self) -> list[dict]:
+        path = self.path / "launches.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
     def read_summary(self) -> dict | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else None
 
-    def write_summary(self, summary: Mapping) -> None:
+    def write_summary(self, summary: Summary) -> None:
+        self._write_summary(asdict(summary))
+
+    def _write_summary(self, summary: Mapping) -> None:
         write_atomic(self.summary_path, json.dumps(summary, indent=2, default=float))
 
     def set_status(self, status: str) -> None:
         """Change only the summary's status, keeping the numbers of the last one written (if any)."""
-        self.write_summary({**(self.read_summary() or {}), "status": status})
+        self._write_summary({**(self.read_summary() or {}), "status": status})
 
     def append_metrics(self, record: Mapping) -> None:
         with open(self.metrics_path, "a") as f:
@@ -128,6 +167,6 @@ class RunDir:
                 if line.endswith("}")]
 
     def rewind_metrics(self, step: int) -> None:
-        """Forget metrics past a checkpoint step: the resumed run logs those steps again, identically."""
+        """Forget metrics past `step` (a checkpoint's): the resumed run logs those steps again, identically."""
         kept = [r for r in self.read_metrics() if r["step"] <= step]
         write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

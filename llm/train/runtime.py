@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from llm.config.derived import ConfigError
 from llm.data.paths import base_dir
-from llm.device import fast_bf16_matmul
+from llm.device import device_name, fast_bf16_matmul
 
 
 @dataclass
@@ -48,16 +48,12 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def peak_memory_bytes(self) -> int:
-        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
-
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
 
     def describe(self) -> str:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        return f"{name} × {self.world_size}, {self.dtype_name}"
+        return f"{device_name(self.device)} × {self.world_size}, {self.dtype_name}"
 
 
 def _rank_environment() -> tuple[int, int, int]:
@@ -65,22 +61,17 @@ def _rank_environment() -> tuple[int, int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
-        os.environ.setdefault("MASTER_ADDR", _slurm_master_host())
+        # submitit's reading of Slurm's variables (node list included), whether or not submitit launched us.
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        slurm = SlurmJobEnvironment()
+        first = slurm.hostnames[0]
+        # On the master's own node loopback always works, even where the node name does not resolve.
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1" if first == socket.gethostname() else first)
         # Every task of a job derives the same port from the job id, so no one has to publish it.
-        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
-        return rank, int(os.environ.get("SLURM_LOCALID", 0)), world
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(slurm.job_id) % 20000))
+        return slurm.global_rank, slurm.local_rank, slurm.num_tasks
     return 0, 0, 1
-
-
-def _slurm_master_host() -> str:
-    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or socket.gethostname()
-    first = nodes.split(",")[0]
-    if "[" in first:  # a compressed list such as node[03-05]: the first node is prefix + first index
-        prefix, rest = first.split("[", 1)
-        first = prefix + rest.split("-")[0].split("]")[0]
-    # On the master's own node, loopback always works, even where the node name does not resolve.
-    return "127.0.0.1" if first == socket.gethostname() else first
 
 
 def _pick_device(requested: str, local_rank: int) -> torch.device:
@@ -97,18 +88,30 @@ def _pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device(requested)
 
 
-def _pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 autocast where bf16 matmuls are fast (CUDA; CPUs with bf16 matrix units), else fp32.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-    float32/bfloat16 force one or the other. Autocast only changes the dtype ops compute in: weights
-    and optimizer state stay fp32 either way.
+
+def pick_dtype(requested: str, device: torch.device, recorded: str | None = None) -> torch.dtype:
+    """The compute dtype: float32 or bfloat16 as forced, or for auto the run's recorded one, else the machine's.
+
+    auto means bf16 autocast where bf16 matmuls are fast (CUDA; CPUs with bf16 units), else fp32.
+    A run keeps the dtype its first launch resolved (`recorded`, from identity.json): a later launch
+    that would compute differently would not continue the same trajectory, so it is refused.
+    Autocast only changes the dtype ops compute in: weights and optimizer state stay fp32 either way.
     """
-    if requested == "auto":
-        return torch.bfloat16 if fast_bf16_matmul(device.type) else torch.float32
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    if requested not in choices:
+    if requested not in ("auto", *DTYPES):
         raise ConfigError(f"dtype={requested!r} is not one of auto, float32, bfloat16")
-    return choices[requested]
+    if recorded is None:
+        if requested == "auto":
+            return torch.bfloat16 if fast_bf16_matmul(device.type) else torch.float32
+        return DTYPES[requested]
+    if requested not in ("auto", recorded):
+        raise ConfigError(f"this run computes in {recorded} (identity.json) but dtype={requested} was given: "
+                          f"resume it with dtype=auto or dtype={recorded}")
+    if requested == "auto" and recorded == "bfloat16" and not fast_bf16_matmul(device.type):
+        raise ConfigError(f"this run computes in bfloat16 (identity.json) but this {device.type} has no fast bf16 "
+                          "matmuls: resume it on such a machine, or pass dtype=bfloat16 to accept the slow path")
+    return DTYPES[recorded]
 
 
 def _persist_compile_cache(data_home: str | None) -> None:
@@ -127,10 +130,12 @@ def _persist_compile_cache(data_home: str | None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base_dir(data_home) / "torchinductor")
 
 
-def start(device: str, dtype: str, seed: int, data_home: str | None = None) -> Runtime:
+def start(device: str, dtype: str, seed: int, data_home: str | None = None,
+          recorded_dtype: str | None = None) -> Runtime:
     """Join the process group (if there is one), pick the device and precision, seed the RNGs.
 
-    data_home is the configured base_dir (None: $LLM_HOME, then the user cache dir).
+    data_home is the configured base_dir (None: $LLM_HOME, then the user cache dir);
+    recorded_dtype is the compute dtype a resumed run's first launch chose (see pick_dtype).
     """
     _persist_compile_cache(data_home)
     rank, local_rank, world_size = _rank_environment()
@@ -143,16 +148,16 @@ def start(device: str, dtype: str, seed: int, data_home: str | None = None) -> R
                                 device_id=target if target.type == "cuda" else None)
     if target.type == "cuda":
         torch.set_float32_matmul_precision("high")  # tf32 for the few fp32 matmuls left
-    torch.manual_seed(seed)
-    compute_dtype = _pick_dtype(dtype, target)
+    compute_dtype = pick_dtype(dtype, target, recorded_dtype)
     if world_size > 1:
         compute_dtype = _rank_zeros_choice(compute_dtype, target)
+    torch.manual_seed(seed)  # last: nothing above may draw from the generator the weights come from
     return Runtime(target, rank, local_rank, world_size, compute_dtype)
 
 
 def _rank_zeros_choice(compute_dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """Rank 0's dtype for every rank: dtype=auto is measured in each process, and ranks that
-    autocast differently would not be training one model."""
+    """Rank 0's dtype for every rank: dtype=auto is decided on each node, nodes of a job may differ,
+    and ranks that autocast differently would not be training one model."""
     is_bf16 = torch.tensor([int(compute_dtype == torch.bfloat16)], device=device)
     dist.broadcast(is_bf16, src=0)
     return torch.bfloat16 if is_bf16.item() else torch.float32

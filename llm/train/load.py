@@ -9,19 +9,11 @@ from pathlib import Path
 
 import torch
 
-from llm.config.derived import ModelShape
 from llm.data.tokenizer import Tokenizer
 from llm.model.gpt import GPT
 from llm.train import checkpoint
 from llm.train.build import gpt_config
-
-TOKENIZER_DIR = "tokenizer"
-
-
-def shape_from_meta(meta: dict) -> ModelShape:
-    plan = meta["plan"]
-    return ModelShape(plan["depth"], plan["model_dim"], plan["n_head"], plan["n_kv_head"], plan["head_dim"],
-                      plan["sequence_len"], plan["window_pattern"], plan["vocab_size"])
+from llm.train.rundir import TOKENIZER_DIR
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
@@ -31,13 +23,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
     meta = checkpoint.read_meta(ckpt)
     tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
     if tokenizer.vocab_size != meta["vocab_size"]:
-        raise ValueError(f"{run_dir / TOKENIZER_DIR} has vocab {tokenizer.vocab_size} but {ckpt} was trained with "
+        raise checkpoint.CheckpointError(f"{run_dir / TOKENIZER_DIR} has vocab {tokenizer.vocab_size} but {ckpt} was trained with "
                          f"{meta['vocab_size']}: the run directory is inconsistent")
     device = torch.device(device)
     with torch.device("meta"):
-        model = GPT(gpt_config(shape_from_meta(meta)))
+        model = GPT(gpt_config(checkpoint.shape_of(meta)))
     model.to_empty(device=device)
     model.init_weights()  # buffers (rotary tables) and dtypes; the weights come from the checkpoint
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location=device))
+    model.load_state_dict(checkpoint.load_weights(ckpt, device))
     model.eval()
     return model, tokenizer, meta
