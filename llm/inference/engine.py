@@ -53,7 +53,7 @@ def new_cache(model: torch.nn.Module, batch_size: int, seq_len: int) -> KVCache:
     config = model.config
     weight = next(model.parameters())
     return KVCache(batch_size=batch_size, num_heads=config.n_kv_head, seq_len=seq_len, head_dim=config.head_dim,
-                   num_layers=config.n_layer, device=weight.device, dtype=cache_dtype(model))
+                   num_layers=config.depth, device=weight.device, dtype=cache_dtype(model))
 
 
 @torch.inference_mode()

@@ -13,7 +13,6 @@ from llm.config.derived import ModelShape
 from llm.data.tokenizer import Tokenizer
 from llm.model.gpt import GPT
 from llm.train import checkpoint
-from llm.train.build import gpt_config
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -35,7 +34,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
                          f"{meta['vocab_size']}: the run directory is inconsistent")
     device = torch.device(device)
     with torch.device("meta"):
-        model = GPT(gpt_config(shape_from_meta(meta)))
+        model = GPT(shape_from_meta(meta))
     model.to_empty(device=device)
     model.init_weights()  # buffers (rotary tables) and dtypes; the weights come from the checkpoint
     model.load_state_dict(torch.load(ckpt / "model.pt", map_location=device))

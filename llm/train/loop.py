@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm.analysis.hardware import peak_flops
 from llm.config import derived
+from llm.config.cadence import is_due
 from llm.data.paths import base_dir
 from llm.data.tokenizer import token_bytes
 from llm.eval.bpb import evaluate_bpb
@@ -87,7 +88,7 @@ def _train(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSi
 def _build_and_run(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop: StopSignal, config: dict,
                    say: Callable) -> dict:
     base = base_dir(cfg.base_dir)
-    corpus_dir = _master_first(runtime, lambda: build.corpus(cfg.data, base))
+    corpus_dir = _master_first(runtime, lambda: build.corpus(cfg, base))
     tok = _master_first(runtime, lambda: build.tokenizer(cfg.data, corpus_dir, base))
     plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
     if runtime.is_master and not (run.path / TOKENIZER_DIR).exists():
@@ -145,19 +146,19 @@ def _build_and_run(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop
         while True:
             last = state.step == plan.num_iterations
             fresh = state.step != resumed_at or resume_from is None  # a resumed step was saved already
-            if fresh and (last or _due(cfg.eval.every, state.step, last)):
+            if fresh and is_due(cfg.eval.every, state.step, plan.num_iterations):
                 state.val_bpb = _evaluate(cfg, step_model, tok, corpus_dir, runtime, bytes_per_token)
                 state.min_val_bpb = min(state.val_bpb, state.min_val_bpb or math.inf)
                 state.pending["val_bpb"] = state.val_bpb
                 say(f"step {state.step:05d} | val bpb {state.val_bpb:.4f}")
-            if fresh and state.step > 0 and _due(cfg.eval.core_every, state.step, last):
+            if fresh and state.step > 0 and is_due(cfg.eval.core_every, state.step, plan.num_iterations):
                 core = core_score(model, tok, cfg.eval, runtime, base)  # uncompiled: every example has its own shape
                 state.core_score = state.pending["core_score"] = core["score"]
                 say(f"step {state.step:05d} | CORE {core['score']:.4f} ({core['bundle']})")
-            if fresh and runtime.is_master and state.step > 0 and _due(cfg.eval.sample_every, state.step, last):
+            if fresh and runtime.is_master and state.step > 0 and is_due(cfg.eval.sample_every, state.step, plan.num_iterations):
                 _print_samples(cfg, model, tok, runtime)
             preempted = stop.requested(runtime)
-            if fresh and state.step > 0 and (last or preempted or _due(cfg.checkpoint.every, state.step, last)):
+            if fresh and state.step > 0 and (last or preempted or is_due(cfg.checkpoint.every, state.step, plan.num_iterations)):
                 _save(run, state, model, optimizer, train_batches, runtime, plan, cfg.checkpoint.keep)
             if runtime.is_master and state.pending:
                 record = {"step": state.step, **state.pending}
@@ -192,11 +193,6 @@ def _build_and_run(cfg: DictConfig, run: RunDir, runtime: runtimes.Runtime, stop
     say(f"{status} at step {state.step}: train loss {state.train_loss}, val bpb {state.val_bpb}, "
         f"{state.train_time_sec / 60:.2f} min training, peak memory {runtime.peak_memory_bytes() / 2**20:.0f} MiB")
     return summary(status)
-
-
-def _due(every: int, step: int, last: bool) -> bool:
-    """Every N steps and at the end; N <= 0 turns it off."""
-    return every > 0 and (last or step % every == 0)
 
 
 def _evaluate(cfg, step_model, tok, corpus_dir, runtime, bytes_per_token) -> float:
