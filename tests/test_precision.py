@@ -35,7 +35,7 @@ def train_briefly(dtype: str) -> tuple[list[float], torch.nn.Module, torch.optim
     cfg = compose_run([*SHAPE, f"dtype={dtype}"])
     runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir)
     base = base_dir(cfg.base_dir)
-    corpus = build.corpus(cfg.data, base)
+    corpus = build.corpus(cfg, base)
     tokenizer = build.tokenizer(cfg.data, corpus, base)
     plan = derived.plan(cfg, runtime.world_size, tokenizer.vocab_size)
     model = build.model(plan.shape, cfg.attention, runtime)

@@ -45,7 +45,7 @@ def run_row(run_dir: Path) -> dict:
     config_path = run_dir / "config.yaml"
     if config_path.exists():
         config = OmegaConf.load(config_path)
-        budget = config.budget.target_flops
+        budget = config.budget.get("target_flops", -1)  # only a FLOPs budget has one
         row["flops_budget"] = budget if budget > 0 else math.nan
         row["depth"] = config.model.depth
     row["slurm_job_id"] = _last_line(run_dir / "launches.jsonl").get("slurm_job")
