@@ -7,13 +7,18 @@
     python train.py -m sweep=isoflop_cpu              # a sweep (see conf/sweep, conf/hydra/launcher)
 """
 
+import os
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from llm.cli import exit_on
-from llm.config import derived
+from llm.config import composition_complaint, derived
 from llm.config.schema import register
 
 register()
@@ -21,9 +26,9 @@ register()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    with exit_on(derived.ConfigError):
+        plan = derived.plan(cfg)  # every check a run makes on its config, before it builds anything
     if cfg.dry_run:
-        with exit_on(derived.ConfigError):
-            plan = derived.plan(cfg)
         print(plan.one_line() if HydraConfig.get().mode == RunMode.MULTIRUN else plan.report())
         return
     from llm.train.checkpoint import CheckpointError  # torch is imported only when there is training to do
@@ -34,4 +39,12 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Hydra raises what it cannot compose (a bad choice, key or value, a mandatory value left unset)
+    # instead of printing its multi-line report, so that it can be given as the one line every
+    # other refusal gets.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as error:
+        print(f"error: {composition_complaint(error)}", file=sys.stderr)
+        sys.exit(2)

@@ -36,7 +36,6 @@ from llm.data.paths import publish_directory
 from llm.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, token_bytes
 from llm.model.gpt import GPT
 from llm.train import checkpoint
-from llm.train.build import gpt_config
 from llm.train.checkpoint import CheckpointError
 from llm.train.rundir import TOKENIZER_DIR
 
@@ -130,7 +129,7 @@ def read_nanochat_weights(path: Path, shape: ModelShape) -> dict:
     state.setdefault("resid_lambdas", torch.ones(shape.depth))
     state.setdefault("x0_lambdas", torch.zeros(shape.depth))
     with torch.device("meta"):
-        expected = GPT(gpt_config(shape)).state_dict()
+        expected = GPT(shape).state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     wrong_shape = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
     if missing or unexpected or wrong_shape:

@@ -6,15 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+from llm.config import CONF_DIR as CONF
+from llm.config import compose_run
 from llm.config.schema import register
 
 pytest_plugins = ["tests.slurm_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-register()
+register()  # for tests that compose conf/evaluate.yaml themselves
 
 # Fixtures that start train.py processes: a test that uses one is end to end, hence slow.
 END_TO_END_FIXTURES = {"isoflop_cpu_sweep"}
@@ -35,18 +35,23 @@ def llm_home(tmp_path_factory) -> Path:
 
 
 def compose_config(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(config_name="config", overrides=list(overrides))
+    """The config train.py composes from these overrides."""
+    return compose_run(list(overrides))
 
 
-# The smallest config that exercises every part of a run; tests add what they vary.
+def optim_config(name: str = "muon_adamw", **values):
+    """The optim group as train.py composes it (optim=NAME), with `values` set on top."""
+    return compose_run([f"optim={name}", *(f"optim.{key}={value}" for key, value in values.items())]).optim
+
+
+# The tiny_cpu preset, with what the tests vary on top: a sliding window, gradient accumulation
+# (4 rows of 64 per pass, 512 tokens per step), a few steps with evaluations between them, and
+# a tokenizer trained on less text.
 TINY_RUN = [
-    "model=d2", "model.head_dim=32", "model.sequence_len=64", "model.window_pattern=SL",
-    "data.vocab_size=512", "data.tokenizer_max_chars=3000000",
-    "train.device_batch_size=4", "train.total_batch_size=512", "train.compile=false",
+    "preset=tiny_cpu", "model=d2", "model.window_pattern=SL", "data.tokenizer_max_chars=3000000",
+    "train.device_batch_size=4", "train.total_batch_size=512",
     "budget=iterations", "budget.num_iterations=8",
-    "eval.every=4", "eval.tokens=1024", "eval.sample_every=-1", "wandb.mode=disabled",
-    "device=cpu",
+    "eval.every=4", "eval.tokens=1024", "device=cpu",
 ]
 
 

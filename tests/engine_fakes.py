@@ -4,7 +4,7 @@ import torch
 
 from llm.data.tokenizer import Tokenizer
 from llm.inference.engine import Engine
-from llm.model.gpt import GPTConfig
+from llm.model import ModelShape
 
 SCRIPT_BOOST = 1000.0  # far above the ±15 soft-capped logits of a real model
 
@@ -29,11 +29,12 @@ class ScriptedModel(torch.nn.Module):
     """
 
     def __init__(self, scripts: list[list[int | None]], prompt_len: int, base: torch.nn.Module | None = None,
-                 config: GPTConfig | None = None):
+                 config: ModelShape | None = None):
         super().__init__()
         self.scripts, self.prompt_len, self.base = scripts, prompt_len, base
-        self.config = base.config if base is not None else config or GPTConfig(
-            sequence_len=128, vocab_size=265, n_layer=2, n_head=4, n_kv_head=4, n_embd=64)
+        self.config = base.config if base is not None else config or ModelShape(
+            depth=2, model_dim=64, n_head=4, n_kv_head=4, head_dim=16, sequence_len=128, window_pattern="SSSL",
+            vocab_size=265)
         if base is None:
             self.anchor = torch.nn.Linear(1, 1, bias=False)  # where the engine reads device and dtype
         self.calls, self.base_logits = [], []

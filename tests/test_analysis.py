@@ -392,9 +392,10 @@ def test_planner_takes_the_nearest_end_when_the_optimum_is_out_of_range():
 
 
 def test_approximate_params_and_gpu_hours():
-    # d12: width 768; 12 blocks of 12 * 768^2, plus a 768 x 32768 lm_head.
-    assert approximate_scaling_params(12) == 12 * 12 * 768**2 + 768 * 32768
-    assert approximate_scaling_params(3) == 12 * 3 * 256**2 + 256 * 32768  # 192 rounds up to 2 heads
+    # d12: width 768, 6 heads. 4 d^2 attention + 8 d^2 MLP per block, d x vocab of lm_head, and a 32 x heads gate per value embedding
+    assert approximate_scaling_params(12) == 12 * 12 * 768**2 + 768 * 32768 + 6 * 32 * 6
+    assert approximate_scaling_params(3) == 12 * 3 * 256**2 + 256 * 32768 + 2 * 32 * 2  # 192 rounds up to 2 heads
+    assert approximate_scaling_params(20) == 393_219_200 + 41_943_040
     assert flops_from_gpu_hours(2, "NVIDIA H100 80GB HBM3", 0.5) == pytest.approx(2 * 3600 * 989e12 * 0.5)
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="unknown accelerator"):
         flops_from_gpu_hours(1, "abacus", 0.5)

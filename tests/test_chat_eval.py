@@ -20,7 +20,7 @@ from llm.eval.chat import (Counts, SUITES, evaluate_chat, score_categorical, sco
                            suite_report, table, task_result, wilson_interval)
 from llm.eval.sandbox import check_completion
 from llm.model import attention
-from llm.model.gpt import GPT, GPTConfig
+from llm.model import GPT, ModelShape
 from llm.train.runtime import Runtime
 from tests.conftest import CONF, REPO
 from tests.engine_fakes import RecordingEngine, ScriptedModel, byte_tokenizer
@@ -74,8 +74,8 @@ class LastLetterModel(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.config = GPTConfig(sequence_len=128, vocab_size=BYTES.vocab_size, n_layer=1, n_head=1, n_kv_head=1,
-                                n_embd=32)
+        self.config = ModelShape(depth=1, model_dim=32, n_head=1, n_kv_head=1, head_dim=32, sequence_len=128,
+                                 window_pattern="L", vocab_size=BYTES.vocab_size)
         self.anchor = torch.nn.Linear(1, 1, bias=False)
 
     def forward(self, ids, kv_cache=None):
@@ -104,7 +104,8 @@ def test_categorical_refuses_letters_of_several_tokens():
 
 def random_model(sequence_len: int = 32) -> GPT:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=sequence_len, vocab_size=BYTES.vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=32))
+    model = GPT(ModelShape(depth=2, model_dim=32, n_head=2, n_kv_head=2, head_dim=16, sequence_len=sequence_len,
+                           window_pattern="L", vocab_size=BYTES.vocab_size))
     model.init_weights()
     with torch.no_grad():
         for parameter in model.parameters():

@@ -21,7 +21,7 @@ from llm.data.tokenizer import Tokenizer
 from llm.eval import core
 from llm.eval.bundle import ensure_core_bundle, load_bundle, write_bundle
 from llm.eval.offline import build_offline_bundle
-from llm.model.gpt import GPT, GPTConfig
+from llm.model import GPT, ModelShape
 from llm.train import runtime as runtimes
 
 
@@ -245,8 +245,8 @@ def real_model():
     text = "".join(path.read_text(errors="replace") for path in stdlib_sources()[:40])
     tokenizer = Tokenizer.train([text], vocab_size=300)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=48, vocab_size=300, n_layer=1, n_head=2, n_kv_head=2, n_embd=64,
-                          window_pattern="L"))
+    model = GPT(ModelShape(depth=1, model_dim=64, n_head=2, n_kv_head=2, head_dim=32, sequence_len=48,
+                           window_pattern="L", vocab_size=300))
     model.init_weights()
     torch.nn.init.normal_(model.lm_head.weight, std=0.5)  # decisive losses, not near-ties
     return model.eval(), tokenizer

@@ -5,8 +5,7 @@ import torch
 
 from llm.bench.engine import benchmark_engine
 from llm.inference.engine import Engine, greedy_uncached, sample_next_token
-from llm.model import attention
-from llm.model.gpt import GPT, GPTConfig
+from llm.model import GPT, ModelShape, attention
 from llm.model.kv_cache import cache_dtype
 from llm.train.load import load_model
 from tests.engine_fakes import ScriptedModel, byte_tokenizer
@@ -35,8 +34,8 @@ def trained(trained_run):
 def random_window_model() -> GPT:
     """A small random GPT with a sliding-window layer, weights perturbed so every block matters."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=32, vocab_size=512, n_layer=3, n_head=4, n_kv_head=2, n_embd=64,
-                          window_pattern="SL"))
+    model = GPT(ModelShape(depth=3, model_dim=64, n_head=4, n_kv_head=2, head_dim=16, sequence_len=32,
+                           window_pattern="SL", vocab_size=512))
     model.init_weights()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -174,8 +173,9 @@ def test_prompt_is_prefilled_once_then_rows_decode_over_one_cache():
 
 
 def test_without_max_tokens_generation_stops_when_the_context_is_full():
-    model = ScriptedModel([[]], len(PROMPT), config=GPTConfig(sequence_len=16, vocab_size=265, n_layer=1,
-                                                              n_head=2, n_kv_head=2, n_embd=32))
+    model = ScriptedModel([[]], len(PROMPT), config=ModelShape(
+        depth=1, model_dim=32, n_head=2, n_kv_head=2, head_dim=16, sequence_len=16, window_pattern="SSSL",
+        vocab_size=265))
     # Always writing the same ordinary byte keeps the rows from stopping on a special token.
     model.scripts = [[ord("x")] * 100]
     steps = list(Engine(model, BYTES).generate(PROMPT))

@@ -1,4 +1,8 @@
-"""The GPT: parameter and FLOP accounting, initialisation, forward/loss, training, KV-cache decoding."""
+"""The GPT: its shape, initialisation, forward/loss, training, KV-cache decoding.
+
+Parameter and FLOP counts are the config layer's (tests/test_config.py holds them equal to the
+built model's tensors).
+"""
 
 import math
 import subprocess
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.model import GPT, GPTConfig, KVCache, attention, set_backend
+from llm.model import GPT, KVCache, ModelShape, attention, set_backend
 from llm.model.gpt import apply_rotary
 
 
@@ -22,13 +26,20 @@ def sdpa_attention():
     attention._requested, attention._active = saved
 
 
-def meta_model(**config):
+def model_shape(depth=12, model_dim=768, n_head=6, n_kv_head=None, sequence_len=2048, vocab_size=32768,
+                window_pattern="SSSL"):
+    return ModelShape(depth=depth, model_dim=model_dim, n_head=n_head, n_kv_head=n_kv_head or n_head,
+                      head_dim=model_dim // n_head, sequence_len=sequence_len, window_pattern=window_pattern,
+                      vocab_size=vocab_size)
+
+
+def meta_model(**shape):
     with torch.device("meta"):
-        return GPT(GPTConfig(**config))
+        return GPT(model_shape(**shape))
 
 
 def tiny_model(seed=0, **overrides):
-    config = dict(sequence_len=16, vocab_size=1000, n_layer=3, n_head=4, n_kv_head=2, n_embd=64, window_pattern="SL")
+    config = dict(sequence_len=16, vocab_size=1000, depth=3, n_head=4, n_kv_head=2, model_dim=64, window_pattern="SL")
     config.update(overrides)
     model = meta_model(**config)
     model.to_empty(device="cpu")
@@ -46,77 +57,19 @@ def perturb(model, seed=1):
 
 
 # -----------------------------------------------------------------------------
-# Accounting, checked against closed forms written independently of the model
-
-
-def closed_form_counts(n_layer, n_embd, n_head, n_kv_head, vocab_size):
-    vocab = -(-vocab_size // 64) * 64
-    kv_dim = n_kv_head * (n_embd // n_head)
-    layers_with_value_embedding = (n_layer + 1) // 2  # the last layer and every second one before it
-    per_layer = 2 * n_embd * n_embd + 2 * n_embd * kv_dim + 8 * n_embd * n_embd  # q, proj, k, v, mlp
-    counts = {
-        "wte": vocab * n_embd,
-        "value_embeds": layers_with_value_embedding * vocab * kv_dim,
-        "lm_head": vocab * n_embd,
-        "transformer_matrices": n_layer * per_layer + layers_with_value_embedding * 32 * n_kv_head,
-        "scalars": 2 * n_layer,
-    }
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def closed_form_flops(counts, n_layer, n_head, head_dim, sequence_len, pattern):
-    letters = [pattern[i % len(pattern)] for i in range(n_layer - 1)] + ["L"]
-    attended = sum(sequence_len // 2 if letter == "S" else sequence_len for letter in letters)
-    return 6 * (counts["lm_head"] + counts["transformer_matrices"]) + 12 * n_head * head_dim * attended
-
-
-def test_depth_20_parameter_counts():
-    model = meta_model(sequence_len=2048, vocab_size=32768, n_layer=20, n_head=10, n_kv_head=10, n_embd=1280)
-    assert model.num_scaling_params() == {
-        "wte": 41_943_040,
-        "value_embeds": 419_430_400,
-        "lm_head": 41_943_040,
-        "transformer_matrices": 393_219_200,
-        "scalars": 40,
-        "total": 896_535_720,
-    }
-    assert model.estimate_flops() == closed_form_flops(model.num_scaling_params(), 20, 10, 128, 2048, "SSSL")
-
-
-@pytest.mark.parametrize(
-    "n_layer, n_embd, n_head, n_kv_head, vocab_size, sequence_len, pattern",
-    [
-        (1, 64, 4, 4, 512, 32, "SSSL"),
-        (2, 64, 4, 2, 512, 32, "SL"),
-        (3, 96, 6, 3, 1000, 64, "SSL"),  # vocab padded to 1024
-        (5, 128, 4, 1, 777, 48, "SSSL"),
-        (6, 64, 2, 2, 65, 16, "L"),
-        (7, 64, 8, 4, 300, 20, "S"),
-    ],
-)
-def test_counts_and_flops_match_closed_form(n_layer, n_embd, n_head, n_kv_head, vocab_size, sequence_len, pattern):
-    model = meta_model(
-        sequence_len=sequence_len, vocab_size=vocab_size, n_layer=n_layer,
-        n_head=n_head, n_kv_head=n_kv_head, n_embd=n_embd, window_pattern=pattern,
-    )
-    counts = model.num_scaling_params()
-    assert counts == closed_form_counts(n_layer, n_embd, n_head, n_kv_head, vocab_size)
-    assert counts["total"] == sum(p.numel() for p in model.parameters())
-    head_dim = n_embd // n_head
-    assert model.estimate_flops() == closed_form_flops(counts, n_layer, n_head, head_dim, sequence_len, pattern)
+# Shape
 
 
 def test_window_sizes_tile_the_pattern_and_end_long():
-    model = meta_model(sequence_len=64, n_layer=6, n_head=2, n_kv_head=2, n_embd=64, window_pattern="SSSL")
+    model = meta_model(sequence_len=64, depth=6, n_head=2, n_kv_head=2, model_dim=64, window_pattern="SSSL")
     assert model.window_sizes == [(32, 0), (32, 0), (32, 0), (64, 0), (32, 0), (64, 0)]
-    lowercase = meta_model(sequence_len=64, n_layer=3, n_head=2, n_kv_head=2, n_embd=64, window_pattern="s")
+    lowercase = meta_model(sequence_len=64, depth=3, n_head=2, n_kv_head=2, model_dim=64, window_pattern="s")
     assert lowercase.window_sizes == [(32, 0), (32, 0), (64, 0)]
 
 
-@pytest.mark.parametrize("n_layer, layers", [(1, ["0"]), (4, ["1", "3"]), (5, ["0", "2", "4"])])
-def test_value_embeddings_alternate_ending_at_the_last_layer(n_layer, layers):
-    model = meta_model(n_layer=n_layer, n_head=2, n_kv_head=2, n_embd=64)
+@pytest.mark.parametrize("depth, layers", [(1, ["0"]), (4, ["1", "3"]), (5, ["0", "2", "4"])])
+def test_value_embeddings_alternate_ending_at_the_last_layer(depth, layers):
+    model = meta_model(depth=depth, n_head=2, n_kv_head=2, model_dim=64)
     assert sorted(model.value_embeds) == layers
     assert [str(i) for i, block in enumerate(model.transformer.h) if block.attn.ve_gate is not None] == layers
 
@@ -124,22 +77,22 @@ def test_value_embeddings_alternate_ending_at_the_last_layer(n_layer, layers):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (dict(n_head=6, n_kv_head=4, n_embd=96), "n_kv_head=4 must divide n_head=6"),
-        (dict(n_head=5, n_embd=64), "n_embd=64 must split"),
+        (dict(n_head=6, n_kv_head=4, model_dim=96), "n_kv_head=4 must divide n_head=6"),
+        (dict(n_head=64, model_dim=64), "head_dim=1 must be even"),
         (dict(window_pattern="SXL"), "S and L"),
         (dict(window_pattern=""), "S and L"),
-        (dict(n_head=1, n_kv_head=1, n_embd=16), "value gate"),
+        (dict(n_head=1, n_kv_head=1, model_dim=16), "value gate"),
     ],
 )
-def test_bad_config_is_rejected(bad, message):
-    config = dict(n_layer=2, n_head=4, n_kv_head=4, n_embd=64)
+def test_bad_shape_is_rejected(bad, message):
+    config = dict(depth=2, n_head=4, n_kv_head=4, model_dim=64)
     config.update(bad)
     with pytest.raises(ValueError, match=message):
-        GPTConfig(**config)
+        model_shape(**config)
 
 
 def test_parameter_groups_cover_every_parameter_once():
-    model = meta_model(n_layer=3, n_head=4, n_kv_head=2, n_embd=64, vocab_size=100)
+    model = meta_model(depth=3, n_head=4, n_kv_head=2, model_dim=64, vocab_size=100)
     groups = model.parameter_groups()
     assert list(groups) == ["lm_head", "wte", "value_embeds", "resid_lambdas", "x0_lambdas", "matrices"]
     grouped = [p for params in groups.values() for p in params]
@@ -154,7 +107,7 @@ def test_parameter_groups_cover_every_parameter_once():
 
 
 def test_init_weights_distributions():
-    model = tiny_model(n_embd=256, n_head=4, n_kv_head=4, vocab_size=4096, n_layer=3)
+    model = tiny_model(model_dim=256, n_head=4, n_kv_head=4, vocab_size=4096, depth=3)
     assert not any(p.is_meta for p in model.parameters()) and not model.cos.is_meta
     bound = math.sqrt(3 / 256)
     assert abs(model.transformer.wte.weight.std().item() - 1.0) < 0.01
@@ -201,7 +154,7 @@ def test_rotary_scores_depend_only_on_relative_position():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_embeddings_are_bf16_on_cuda():
-    model = meta_model(sequence_len=16, vocab_size=128, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
+    model = meta_model(sequence_len=16, vocab_size=128, depth=2, n_head=2, n_kv_head=2, model_dim=64)
     model.to_empty(device="cuda")
     model.init_weights()
     assert model.transformer.wte.weight.dtype == torch.bfloat16
@@ -247,7 +200,7 @@ def test_ignored_targets_and_unreduced_loss():
 
 def test_too_long_input_is_a_clear_error():
     model = tiny_model()  # sequence_len 16: rotary tables cover 160 positions
-    with pytest.raises(ValueError, match="rotary tables .*GPTConfig.sequence_len"):
+    with pytest.raises(ValueError, match="rotary tables .*model.sequence_len"):
         model(torch.zeros(1, 161, dtype=torch.long))
     cache = KVCache(model.config, rows=1, capacity=8, device="cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match="allocate a longer KVCache"):
@@ -255,7 +208,7 @@ def test_too_long_input_is_a_clear_error():
 
 
 def test_adamw_steps_reduce_loss_on_a_fixed_batch():
-    model = tiny_model(vocab_size=128, n_layer=2)
+    model = tiny_model(vocab_size=128, depth=2)
     tokens = torch.randint(0, 128, (4, 17), generator=torch.Generator().manual_seed(0))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
@@ -315,7 +268,7 @@ def test_one_prompt_prefilled_into_several_rows():
 
 
 def test_kv_cache_bookkeeping():
-    config = GPTConfig(n_layer=5, n_head=12, n_kv_head=3, n_embd=48)
+    config = model_shape(depth=5, model_dim=48, n_head=12, n_kv_head=3)
     cache = KVCache(config, rows=2, capacity=10, device="cpu", dtype=torch.float32)
     assert cache.keys.shape == cache.values.shape == (5, 2, 10, 3, 4)
     assert (cache.rows, cache.capacity, cache.filled) == (2, 10, 0) and cache.fill_levels.dtype == torch.int32
@@ -330,7 +283,7 @@ def test_kv_cache_bookkeeping():
 
 
 def test_kv_cache_replicates_a_prompt_into_every_row():
-    config = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=32)
+    config = model_shape(depth=3, model_dim=32, n_head=4, n_kv_head=2)
     source = KVCache(config, rows=1, capacity=6, device="cpu", dtype=torch.float32)
     source.keys.normal_()
     source.values.normal_()

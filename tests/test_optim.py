@@ -5,12 +5,13 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from llm.config.schema import OptimConfig
 from llm.optim import (DistMuonAdamW, MuonAdamW, apply_schedules, build_optimizer, lr_multiplier,
                        muon_momentum, weight_decay_at)
 from llm.optim.muon_adamw import adamw_update, as_scalar, fused_adamw_update, polar_express
 from llm.optim.schedules import lr_phases
+from tests.conftest import optim_config
 
 # Amsel et al., "The Polar Express" (arXiv:2505.16932): 5 iterations, safety 2e-2, cushion 2.
 PAPER_COEFFICIENTS = [
@@ -281,7 +282,7 @@ def summary(group):
 
 
 def test_build_muon_adamw_groups():
-    cfg = OptimConfig()
+    cfg = optim_config()
     roles = toy_roles()
     optimizer = build_optimizer(roles, LEARNING_RATES, 0.3, cfg, distributed=False)
     assert type(optimizer) is MuonAdamW
@@ -307,7 +308,7 @@ def test_build_muon_adamw_groups():
 
 
 def test_build_adamw_baseline_and_distributed_and_empty_roles():
-    cfg = OptimConfig(name="adamw")
+    cfg = optim_config(name="adamw")
     optimizer = build_optimizer(toy_roles(value_embeds=False), LEARNING_RATES, 0.3, cfg, distributed=True)
     assert type(optimizer) is DistMuonAdamW
     assert all(g["kind"] == "adamw" for g in optimizer.param_groups)
@@ -319,17 +320,17 @@ def test_build_adamw_baseline_and_distributed_and_empty_roles():
 
 def test_build_rejects_bad_names_and_roles():
     with pytest.raises(ValueError, match="muon_adamw.*adamw"):
-        build_optimizer(toy_roles(), LEARNING_RATES, 0.0, OptimConfig(name="lion"), distributed=False)
+        build_optimizer(toy_roles(), LEARNING_RATES, 0.0, OmegaConf.merge(optim_config(), {"name": "lion"}), distributed=False)
     roles = toy_roles()
     del roles["x0_lambdas"]
     with pytest.raises(ValueError, match="missing \\['x0_lambdas'\\]"):
-        build_optimizer(roles, LEARNING_RATES, 0.0, OptimConfig(), distributed=False)
+        build_optimizer(roles, LEARNING_RATES, 0.0, optim_config(), distributed=False)
     with pytest.raises(ValueError, match="unknown \\['bias'\\]"):
-        build_optimizer(toy_roles(), {**LEARNING_RATES, "bias": 1.0}, 0.0, OptimConfig(), distributed=False)
+        build_optimizer(toy_roles(), {**LEARNING_RATES, "bias": 1.0}, 0.0, optim_config(), distributed=False)
 
 
 def test_apply_schedules_sets_lr_weight_decay_and_momentum():
-    cfg = OptimConfig(warmup_ratio=0.0, warmdown_ratio=0.5, final_lr_frac=0.0, muon_momentum_warmup_steps=300)
+    cfg = optim_config(warmup_ratio=0.0, warmdown_ratio=0.5, final_lr_frac=0.0, muon_momentum_warmup_steps=300)
     optimizer = build_optimizer(toy_roles(), LEARNING_RATES, 0.3, cfg, distributed=False)
     apply_schedules(optimizer, step=75, num_iterations=100, cfg=cfg)
     for group in optimizer.param_groups:
@@ -351,7 +352,7 @@ def train_steps(optimizer, params, cfg, steps, num_iterations=10):
 
 @pytest.mark.parametrize("name", ["muon_adamw", "adamw"])
 def test_state_dict_round_trip_resumes_bit_identically(name):
-    cfg = OptimConfig(name=name, warmup_ratio=0.2)
+    cfg = optim_config(name=name, warmup_ratio=0.2)
     roles = toy_roles()
     params = [p for ps in roles.values() for p in ps]
     optimizer = build_optimizer(roles, LEARNING_RATES, 0.3, cfg, distributed=False)

@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from llm.config.schema import OptimConfig
 from llm.optim import apply_schedules, build_optimizer
+from tests.conftest import optim_config as composed_optim
 
 WORLD = 2
 STEPS = 4
@@ -28,9 +28,9 @@ LEARNING_RATES = dict(lm_head=0.004, wte=0.2, value_embeds=0.2, resid_lambdas=0.
                       matrices=0.02)
 
 
-def optim_config(name: str) -> OptimConfig:
-    return OptimConfig(name=name, warmup_ratio=0.25, warmdown_ratio=0.5, final_lr_frac=0.1,
-                       muon_momentum_warmup_steps=STEPS)
+def optim_config(name: str):
+    return composed_optim(name, warmup_ratio=0.25, warmdown_ratio=0.5, final_lr_frac=0.1,
+                          muon_momentum_warmup_steps=STEPS)
 
 
 def toy_roles(seed: int) -> dict[str, list[torch.nn.Parameter]]:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slurm
 
 # Both sides of every comparison run single-threaded: thread count changes float summation order.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-LONG = [*TINY_RUN, "budget.num_iterations=300", "eval.every=-1", "checkpoint.keep=3"]
+LONG = [*TINY_RUN, "budget.num_iterations=300", "eval.every=0", "checkpoint.keep=3"]
 
 
 def slurm_sweep(root: Path, label: str, *overrides: str, home: Path, wait: bool = True) -> subprocess.CompletedProcess:
@@ -139,7 +139,7 @@ def test_preempted_job_checkpoints_at_the_signal_and_resumes(straight, tmp_path,
     # No periodic checkpoints: a resume from step > 0 can only come from the one written at the signal.
     run_dir = _submit_and_interrupt(tmp_path, llm_home,
                                     lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True),
-                                    "checkpoint.every=-1")
+                                    "checkpoint.every=0")
     first, second = launches(run_dir)
     assert 0 < second["start_step"] < 300
     a, b = final_weights(run_dir), final_weights(straight)

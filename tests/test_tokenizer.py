@@ -125,7 +125,7 @@ def test_tokenizer_trains_on_the_configured_text_column(tmp_path, texts):
     write_shards(corpus, {"text": [text.upper() for text in texts], "body": texts})
     cfg = compose_run(["data=parquet", f"data.path={corpus}", "data.text_column=body", f"data.vocab_size={VOCAB}",
                        "data.tokenizer_max_chars=10000000"])
-    tokenizer = build.tokenizer(cfg.data, build.corpus(cfg.data, tmp_path), tmp_path)
+    tokenizer = build.tokenizer(cfg.data, build.corpus(cfg, tmp_path), tmp_path)
     sample = texts[-1]  # in the validation shard, which tokenizer training never reads
     assert len(tokenizer.encode(sample)) < 0.8 * len(tokenizer.encode(sample.upper()))
     on_text = ensure_tokenizer(tmp_path, corpus, VOCAB, max_chars=10_000_000, text_column="text")

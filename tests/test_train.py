@@ -157,8 +157,12 @@ def test_a_corrupt_checkpoint_is_reported_not_loaded(straight_run, tmp_path, llm
 
 
 def test_a_run_that_fails_while_building_says_failed(tmp_path, llm_home):
-    run = tmp_path / "run"
-    result = run_train(run, *TINY_RUN, "data=parquet", f"data.path={tmp_path / 'no_such_corpus'}", home=llm_home,
-                       check=False)
-    assert result.returncode == 2 and "no_such_corpus" in result.stderr
+    run, empty = tmp_path / "run", tmp_path / "empty_corpus"  # a directory passes the config's checks
+    empty.mkdir()
+    result = run_train(run, *TINY_RUN, "data=parquet", f"data.path={empty}", home=llm_home, check=False)
+    assert result.returncode != 0 and "no .parquet shards" in result.stderr
     assert json.loads((run / "summary.json").read_text()) == {"status": "failed"}
+    # A directory that is not there is refused before the run directory is touched.
+    missing = run_train(tmp_path / "other", *TINY_RUN, "data=parquet", f"data.path={tmp_path / 'no_such_corpus'}",
+                        home=llm_home, check=False)
+    assert missing.returncode == 2 and "no_such_corpus" in missing.stderr and not any((tmp_path / "other").iterdir())

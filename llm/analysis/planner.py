@@ -9,8 +9,9 @@ The tokens are C / flops_per_token, rounded to whole optimizer steps exactly as 
 a FLOPs budget rounds them. Given the model's own flops_per_token, which also counts attention,
 the plan's iterations are the ones the run will train; without it, 6N stands in.
 
-N must be counted in the convention the law was fitted in. `approximate_scaling_params` needs
-no config; the command line uses the config layer's exact counts (`llm.config.sizes`).
+N must be counted in the convention the law was fitted in. Both `approximate_scaling_params` (no
+config needed) and the command line (`llm.config.sizes`, from the composed config) use the config
+layer's exact counts.
 """
 
 import warnings
@@ -21,6 +22,7 @@ import numpy as np
 
 from llm.analysis.hardware import peak_flops
 from llm.analysis.parametric import LossLaw
+from llm.config import derived
 
 DEFAULT_TOTAL_BATCH_SIZE = 524288  # tokens per optimizer step, the training default (2^19)
 DEFAULT_DEPTHS = range(2, 65)
@@ -29,14 +31,15 @@ DEFAULT_DEPTHS = range(2, 65)
 def approximate_scaling_params(
     depth: int, aspect_ratio: int = 64, head_dim: int = 128, vocab_size: int = 32768
 ) -> int:
-    """Kaplan-convention N (transformer matrices + lm_head) of a depth, as the model is built.
+    """Kaplan-convention N (transformer matrices + lm_head) of a depth, without composing a config.
 
-    The width is depth * aspect_ratio rounded up to whole heads. Each block holds 4 d^2 of
-    attention projections and 8 d^2 of MLP; the lm_head is d x vocab. The small value-embedding
-    gates are left out, hence "approximate".
+    The count is the config layer's exact one for these shape settings; "approximate" only in that
+    it assumes the given defaults instead of reading a run's config (`llm.config.sizes` does that).
+    Sequence length and window pattern do not change N.
     """
-    width = -(-depth * aspect_ratio // head_dim) * head_dim
-    return 12 * depth * width**2 + width * vocab_size
+    model = {"depth": depth, "aspect_ratio": aspect_ratio, "head_dim": head_dim, "sequence_len": 2048,
+             "window_pattern": "L"}
+    return derived.scaling_params(derived.parameter_counts(derived.model_shape(model, vocab_size)))
 
 
 def flops_from_gpu_hours(gpu_hours: float, gpu: str, mfu: float) -> float:

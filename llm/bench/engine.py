@@ -102,7 +102,7 @@ def benchmark_engine(target: str | Path | list[str], repeats: int = 3, warmup: i
         "warmup": warmup,
         "device": runtime.describe(),
         "model": source,
-        "depth": model.config.n_layer,
+        "depth": model.config.depth,
         "sequence_len": context,
     }
     runtimes.stop(runtime)

@@ -38,7 +38,7 @@ def corpus_documents(overrides: list[str], count: int = CORPUS_DOCS) -> tuple[li
     """The first `count` training documents of the configured corpus, tokenized; and what was used."""
     cfg = compose_run(overrides)
     base = base_dir(cfg.base_dir)
-    corpus = build.corpus(cfg.data, base)
+    corpus = build.corpus(cfg, base)
     tokenizer = build.tokenizer(cfg.data, corpus, base)
     reader = ShardReader(split_shards(list_shards(corpus), "train"), cfg.data.text_column)
     texts = list(itertools.islice(reader.iter_texts(), count))

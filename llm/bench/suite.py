@@ -1,8 +1,9 @@
 """The standard suites: every benchmark at the shapes worth comparing.
 
-`python -m llm.bench all` measures training at the CPU preset (eager, then compiled twice: with an
-empty compile cache and again with the cache the first compile filled) and at the reference's CPU
-shape, and the packer, tokenizer and engine at the CPU preset. `python -m llm.bench gpu` (bench/gpu.sh)
+`python -m llm.bench all` measures training at the CPU preset, d2 of the tiny_cpu preset the CPU
+sweeps and the tests train (eager, then compiled twice: with an empty compile cache and again with
+the cache the first compile filled), and at the reference's CPU shape, and the packer, tokenizer
+and engine at the CPU preset. `python -m llm.bench gpu` (bench/gpu.sh)
 measures compiled bf16 training at d12 and d20 with each attention backend on one GPU.
 
 Each benchmark runs in a fresh process, so none inherits another's compiled kernels, allocator
@@ -25,7 +26,7 @@ class Benchmark(NamedTuple):
     private_compile_cache: bool = False
 
 
-CPU_PRESET = ["experiment=cpu"]
+CPU_PRESET = ["preset=tiny_cpu", "model=d2", "device=cpu"]  # the shapes the CPU sweeps and the tests train
 # The shape the reference trains on a CPU: depth 6, full-context 64-wide heads, 512 tokens, 32k vocabulary.
 REFERENCE_CPU_SHAPE = ["model=d6", "model.head_dim=64", "model.window_pattern=L", "model.sequence_len=512",
                        "train.device_batch_size=32", "train.total_batch_size=16384", "data.vocab_size=32768"]

@@ -46,7 +46,7 @@ def _best_seconds(*runs) -> list[float]:
 def benchmark_tokenizer(overrides: list[str], train_chars: int = TRAIN_CHARS, encode_docs: int = ENCODE_DOCS) -> dict:
     cfg = compose_run(overrides)
     base = base_dir(cfg.base_dir)
-    corpus = build.corpus(cfg.data, base)
+    corpus = build.corpus(cfg, base)
     vocab_size, threads = cfg.data.vocab_size, cfg.dataloader.tokenizer_threads
     reader = ShardReader(split_shards(list_shards(corpus), "train"), cfg.data.text_column)
 

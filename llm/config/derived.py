@@ -6,8 +6,12 @@ them without torch, so `dry_run`, the sweep grid, the planner and the tests shar
 truth; a test holds these counts equal to the real model's at several depths.
 """
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
+
+from llm.config.cadence import invalid_cadence
 
 VOCAB_PAD_MULTIPLE = 64  # the embedding tables are padded to a multiple of this for fast matmuls
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channels of the input
@@ -28,6 +32,17 @@ class ModelShape:
     window_pattern: str
     vocab_size: int
 
+    def __post_init__(self):
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even: rotary embeddings rotate channel pairs")
+        if self.model_dim < VE_GATE_CHANNELS:
+            raise ConfigError(f"model_dim={self.model_dim} is below the {VE_GATE_CHANNELS} channels the value "
+                              "gate reads: raise model.head_dim or model.aspect_ratio")
+        if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
+            raise ConfigError(f"model.window_pattern={self.window_pattern!r}: use only the letters S and L")
+
     @property
     def padded_vocab_size(self) -> int:
         return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
@@ -35,7 +50,10 @@ class ModelShape:
     @property
     def value_embed_layers(self) -> list[int]:
         # Alternating layers, aligned so that the last layer always has one.
-        return [i for i in range(self.depth) if i % 2 == (self.depth - 1) % 2]
+        return [i for i in range(self.depth) if self.has_value_embedding(i)]
+
+    def has_value_embedding(self, layer: int) -> bool:
+        return layer % 2 == (self.depth - 1) % 2
 
     @property
     def window_lengths(self) -> list[int]:
@@ -56,12 +74,8 @@ def model_shape(model: Mapping, vocab_size: int) -> ModelShape:
     if model["sequence_len"] < 2:
         raise ConfigError(f"model.sequence_len={model['sequence_len']} is too short: use 2 or more")
     pattern = str(model["window_pattern"]).upper()
-    if not pattern or set(pattern) - {"S", "L"}:
-        raise ConfigError(f"model.window_pattern={model['window_pattern']!r}: use only the letters S and L")
     # Round the width up to whole heads, so that every depth gets exactly head_dim per head.
     model_dim = -(-depth * model["aspect_ratio"] // head_dim) * head_dim
-    if model_dim < VE_GATE_CHANNELS:
-        raise ConfigError(f"model_dim={model_dim} is below {VE_GATE_CHANNELS}: raise model.head_dim or model.aspect_ratio")
     n_head = model_dim // head_dim
     return ModelShape(depth, model_dim, n_head, n_head, head_dim, model["sequence_len"], pattern, vocab_size)
 
@@ -96,20 +110,68 @@ def scaling_params(counts: Mapping[str, int]) -> int:
 
 
 def num_iterations(budget: Mapping, n_scaling: int, flops_token: int, total_batch_size: int) -> int:
-    """Steps from the budget; precedence: explicit iterations, then target FLOPs, then tokens:params."""
-    if budget["num_iterations"] > 0:
+    """Steps from the budget, by its kind: given outright, from target FLOPs, or from tokens per parameter."""
+    kind = str(budget["name"])
+    if kind == "iterations":
         steps = budget["num_iterations"]
-    elif budget["target_flops"] > 0:
+    elif kind == "flops":
         steps = round(budget["target_flops"] / (flops_token * total_batch_size))
-    elif budget["target_param_data_ratio"] > 0:
+    elif kind == "ratio":
         steps = int(budget["target_param_data_ratio"] * n_scaling) // total_batch_size
     else:
-        raise ConfigError("no training horizon: set budget.num_iterations, budget.target_flops or "
-                          "budget.target_param_data_ratio (e.g. budget=iterations budget.num_iterations=100)")
+        raise ConfigError(f"budget.name={kind!r} is unknown: use budget=iterations, budget=flops or budget=ratio")
     if steps < 1:
-        raise ConfigError(f"the budget gives {steps} steps at total_batch_size={total_batch_size:,}: "
-                          "raise the budget or lower train.total_batch_size")
+        raise ConfigError(f"budget={kind} gives {steps} steps at train.total_batch_size={total_batch_size:,}: "
+                          "no training horizon; raise the budget or lower train.total_batch_size")
     return steps
+
+
+# FineWeb-Edu shards a run needs, with the reference's figures (runs/speedrun.sh at 41bb2ea):
+FINEWEB_CHARS_PER_SHARD = 250e6  # each shard holds about 250M characters of text
+FINEWEB_CHARS_PER_TOKEN = 4.8  # the 32k-vocabulary tokenizer's compression on FineWeb-Edu
+FINEWEB_SAFETY_MARGIN = 240 / 216  # the reference rounds the 216 shards its tokens need up to 240
+BESTFIT_CROP_WASTE = 0.35  # best-fit packing crops about 35% of document tokens off the rows
+FINEWEB_TRAIN_SHARDS = 1822  # shards 0..1821; shard_01822, the last, is the dataset's validation shard
+
+
+def fineweb_shards_needed(tokens: float) -> int:
+    """Training shards whose text covers `tokens` training tokens once, after packing's waste.
+
+    The reference's own count: 561M params x 20 tokens each = 11.2B tokens -> 370 shards.
+    """
+    chars = tokens * FINEWEB_CHARS_PER_TOKEN / (1 - BESTFIT_CROP_WASTE)
+    return min(FINEWEB_TRAIN_SHARDS, math.ceil(chars / FINEWEB_CHARS_PER_SHARD * FINEWEB_SAFETY_MARGIN))
+
+
+def fineweb_train_shards(data: Mapping, total_tokens: int) -> int:
+    """The training shards to download: the configured count, or the plan's need when it is null."""
+    needed = fineweb_shards_needed(total_tokens)
+    configured = data["num_shards"]
+    if configured is None:
+        return needed
+    if configured == -1:
+        return FINEWEB_TRAIN_SHARDS
+    if not 1 <= configured <= FINEWEB_TRAIN_SHARDS:
+        raise ConfigError(f"data.num_shards={configured} is out of range: use 1..{FINEWEB_TRAIN_SHARDS}, "
+                          "-1 (all) or null (what the run needs)")
+    if configured < needed:
+        raise ConfigError(f"data.num_shards={configured} holds fewer tokens than the run's {total_tokens:.3g} "
+                          f"(the run would repeat its data): use data.num_shards={needed} or null")
+    return configured
+
+
+CADENCE_KEYS = (("eval", "every"), ("eval", "core_every"), ("eval", "sample_every"), ("checkpoint", "every"))
+
+
+def check_run_keys(cfg: Mapping) -> None:
+    """What a run refuses besides its plan: cadences, and a parquet directory that is not there."""
+    for group, key in CADENCE_KEYS:
+        complaint = invalid_cadence(f"{group}.{key}", cfg[group][key])
+        if complaint:
+            raise ConfigError(complaint)
+    data = cfg["data"]
+    if data["name"] == "parquet" and not Path(data["path"]).expanduser().is_dir():
+        raise ConfigError(f"data.path={data['path']} is not a directory: point it at a folder of parquet shards")
 
 
 def learning_rates(optim: Mapping, model_dim: int, total_batch_size: int) -> dict[str, float]:
@@ -148,6 +210,7 @@ class Plan:
     grad_accum_steps: int
     learning_rates: dict[str, float] = field(repr=False)
     weight_decay: float
+    fineweb_shards: int | None = None  # FineWeb-Edu training shards to download (None: another corpus)
 
     @property
     def total_tokens(self) -> int:
@@ -177,6 +240,8 @@ class Plan:
             f"tokens               {self.total_tokens:,} ({self.tokens_per_param:.2f} per scaling parameter)",
             f"total FLOPs          {self.total_flops:.6e}",
         ]
+        if self.fineweb_shards is not None:
+            lines.append(f"FineWeb-Edu shards   {self.fineweb_shards} for training, + 1 to validate on")
         return "\n".join(lines)
 
     def one_line(self) -> str:
@@ -209,15 +274,19 @@ def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None) -> Pl
         raise ConfigError(
             f"train.total_batch_size={train['total_batch_size']:,} is not a multiple of device_batch_size × "
             f"sequence_len × world_size = {rows_per_step:,}: pick a total batch that this divides")
+    check_run_keys(cfg)
     counts = parameter_counts(shape)
     n_scaling = scaling_params(counts)
     flops_token = flops_per_token(shape, counts)
+    steps = num_iterations(cfg["budget"], n_scaling, flops_token, train["total_batch_size"])
+    is_fineweb = cfg["data"]["name"] == "fineweb_edu"
     return Plan(
         shape=shape,
         params=counts,
         scaling_params=n_scaling,
         flops_per_token=flops_token,
-        num_iterations=num_iterations(cfg["budget"], n_scaling, flops_token, train["total_batch_size"]),
+        num_iterations=steps,
+        fineweb_shards=fineweb_train_shards(cfg["data"], steps * train["total_batch_size"]) if is_fineweb else None,
         total_batch_size=train["total_batch_size"],
         grad_accum_steps=train["total_batch_size"] // rows_per_step,
         learning_rates=learning_rates(cfg["optim"], shape.model_dim, train["total_batch_size"]),

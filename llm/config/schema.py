@@ -1,140 +1,210 @@
 """Typed schema of every config group, registered with Hydra's ConfigStore.
 
-Each dataclass is the schema of one group under conf/. The YAML files fill in values; these
-classes make a misspelt key or a wrong type fail when Hydra composes the config, before anything
-runs. Derived quantities (model width, parameter counts, iterations, learning-rate scales) are not
-stored here: `llm.config.derived.plan` computes all of them from a composed config.
+Each dataclass is the schema of one group under conf/ (or of one option, where the options of a
+group differ in their keys: budget, data). The schemas hold types only; every value lives in a
+YAML file of its group, so each key a user can set is written down once, where they look for it.
+Choices are enums: Hydra refuses `device=tpu` or `optim.name=sgd` while it composes, before
+anything runs, dry runs included. The enums are `str` subclasses, so code compares them with plain
+strings and they dump as plain strings. Derived quantities (model width, parameter counts,
+iterations, learning-rate scales) are not stored here: `llm.config.derived.plan` computes them.
 """
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+class Device(StrEnum):
+    auto = "auto"  # cuda if visible, else mps, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Dtype(StrEnum):
+    auto = "auto"  # bf16 autocast where bf16 matmuls are fast, else fp32
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+class OptimName(StrEnum):
+    muon_adamw = "muon_adamw"  # Muon on the matrices, AdamW elsewhere
+    adamw = "adamw"  # AdamW everywhere
+
+
+class Packing(StrEnum):
+    bos_bestfit = "bos_bestfit"  # every row starts at a document start, no padding
+    stream = "stream"  # documents concatenated and cut into rows
+
+
+class ShardBy(StrEnum):
+    row_groups = "row_groups"  # each rank packs its own row groups
+    rows = "rows"  # ranks take slices of one global stream
+
+
+class AttentionBackend(StrEnum):
+    auto = "auto"  # FA3 on Hopper, SDPA elsewhere
+    fa3 = "fa3"
+    sdpa = "sdpa"
+
+
+class BudgetKind(StrEnum):
+    iterations = "iterations"
+    flops = "flops"
+    ratio = "ratio"
+
+
+class Corpus(StrEnum):
+    embedded = "embedded"
+    fineweb_edu = "fineweb_edu"
+    parquet = "parquet"
+
+
+class ValShard(StrEnum):
+    dataset_last = "dataset_last"  # FineWeb-Edu's last shard (shard_01822), whatever is downloaded
+    downloaded_last = "downloaded_last"  # the reference's: the last of the shards downloaded
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
 @dataclass
 class ModelConfig:
-    depth: int = MISSING  # number of transformer blocks: the one dial of model size
-    aspect_ratio: int = 64  # model_dim = depth * aspect_ratio, rounded up to a multiple of head_dim
-    head_dim: int = 128
-    sequence_len: int = 2048
-    window_pattern: str = "SSSL"  # tiled over layers; S = half context, L = full; last layer always L
+    depth: int = MISSING
+    aspect_ratio: int = MISSING
+    head_dim: int = MISSING
+    sequence_len: int = MISSING
+    window_pattern: str = MISSING
 
 
 @dataclass
 class OptimConfig:
-    name: str = "muon_adamw"  # muon_adamw: Muon on matrices, AdamW elsewhere; adamw: AdamW everywhere
-    embedding_lr: float = 0.3
-    unembedding_lr: float = 0.004
-    matrix_lr: float = 0.02
-    scalar_lr: float = 0.5
-    weight_decay: float = 0.2  # at reference_depth; scaled by (reference_depth / depth)^2
-    adam_beta1: float = 0.8
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-10
-    x0_beta1: float = 0.96  # the x0 skip-connection scalars want a longer memory
-    muon_momentum_start: float = 0.85
-    muon_momentum_end: float = 0.95
-    muon_momentum_warmup_steps: int = 300
-    muon_ns_steps: int = 5
-    muon_beta2: float = 0.95
-    warmup_ratio: float = 0.0
-    warmdown_ratio: float = 0.4
-    final_lr_frac: float = 0.0
-    reference_batch_size: int = 2**19  # learning rates were tuned at this many tokens per step
-    reference_depth: int = 12  # weight decay was tuned at this depth
-    reference_model_dim: int = 768  # AdamW learning rates were tuned at this width
+    name: OptimName = MISSING
+    embedding_lr: float = MISSING
+    unembedding_lr: float = MISSING
+    matrix_lr: float = MISSING
+    scalar_lr: float = MISSING
+    weight_decay: float = MISSING
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_eps: float = MISSING
+    x0_beta1: float = MISSING
+    muon_momentum_start: float = MISSING
+    muon_momentum_end: float = MISSING
+    muon_momentum_warmup_steps: int = MISSING
+    muon_ns_steps: int = MISSING
+    muon_beta2: float = MISSING
+    warmup_ratio: float = MISSING
+    warmdown_ratio: float = MISSING
+    final_lr_frac: float = MISSING
+    reference_batch_size: int = MISSING
+    reference_depth: int = MISSING
+    reference_model_dim: int = MISSING
 
 
 @dataclass
 class DataloaderConfig:
-    name: str = "bos_bestfit"  # bos_bestfit | stream
-    buffer_size: int = 1000  # documents held for best-fit packing
-    tokenizer_batch_size: int = 128  # documents tokenized together
-    tokenizer_threads: int = 4
-    shard_by: str = "row_groups"  # row_groups: each rank packs its own data | rows: slices of one global stream
+    name: Packing = MISSING
+    buffer_size: int = MISSING
+    tokenizer_batch_size: int = MISSING
+    tokenizer_threads: int = MISSING
+    shard_by: ShardBy = MISSING
 
 
 @dataclass
 class AttentionConfig:
-    backend: str = "auto"  # auto: FA3 on Hopper, SDPA elsewhere | fa3 | sdpa
+    backend: AttentionBackend = MISSING
 
 
 @dataclass
-class BudgetConfig:
-    # Exactly one horizon is normally set (the others stay -1); when several are, the precedence
-    # is num_iterations, then target_flops, then target_param_data_ratio.
-    name: str = "ratio"
-    num_iterations: int = -1
-    target_flops: float = -1.0
-    target_param_data_ratio: float = -1.0
+class IterationsBudget:
+    name: BudgetKind = MISSING
+    num_iterations: int = MISSING
 
 
 @dataclass
-class DataConfig:
-    name: str = "embedded"  # embedded | fineweb_edu | parquet
-    path: Optional[str] = None  # parquet: the directory of shards
-    text_column: str = "text"
-    num_shards: int = -1  # fineweb_edu: how many training shards to fetch (-1: all); + 1 validation
-    vocab_size: int = 32768
-    tokenizer_max_chars: int = 2_000_000_000
+class FlopsBudget:
+    name: BudgetKind = MISSING
+    target_flops: float = MISSING
+
+
+@dataclass
+class RatioBudget:
+    name: BudgetKind = MISSING
+    target_param_data_ratio: float = MISSING
+
+
+@dataclass
+class EmbeddedData:
+    name: Corpus = MISSING
+    text_column: str = MISSING
+    vocab_size: int = MISSING
+    tokenizer_max_chars: int = MISSING
+
+
+@dataclass
+class FineWebEduData(EmbeddedData):
+    num_shards: Optional[int] = MISSING
+    val_shard: ValShard = MISSING
+
+
+@dataclass
+class ParquetData(EmbeddedData):
+    path: str = MISSING
 
 
 @dataclass
 class TrainConfig:
-    device_batch_size: int = 32
-    total_batch_size: int = 524288  # tokens per optimizer step, across ranks and accumulation
-    compile: bool = True
-    log_every: int = 1
+    device_batch_size: int = MISSING
+    total_batch_size: int = MISSING
+    compile: bool = MISSING
+    log_every: int = MISSING
 
 
 @dataclass
 class ChatEvalConfig:
     """Chat evaluation (llm.eval.chat): the reference's ChatCORE tasks or their offline stand-ins."""
-    suite: str = "chatcore_offline"  # chatcore: the reference's six tasks (downloads) | chatcore_offline
-    tasks: Optional[list[str]] = None  # a subset of the suite's tasks (then no suite score); None: all
-    max_problems: int = -1  # problems per task, the first ones of each (-1: all)
-    batch_size: int = 8  # prompts per forward pass of a categorical task
-    num_samples: int = 1  # samples per generative problem; a problem passes if any sample does
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_k: int = 50
-    seed: int = 42
-    every: int = -1  # chat evaluation every N steps of chat fine-tuning and at the end (-1: never)
+    suite: str = MISSING  # chatcore | chatcore_offline (checked against llm.eval.chat.SUITES)
+    tasks: Optional[list[str]] = MISSING
+    max_problems: int = MISSING
+    batch_size: int = MISSING
+    num_samples: int = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int = MISSING
+    seed: int = MISSING
+    every: int = MISSING
 
 
 @dataclass
 class EvalConfig:
-    every: int = 250  # val bpb every N steps (from step 0) and always at the end (-1: only at the end)
-    tokens: int = 20 * 524288
-    sample_every: int = 2000  # -1: never
-    sample_tokens: int = 16
-    sample_prompts: list[str] = field(default_factory=lambda: [
-        "The capital of France is",
-        "The chemical symbol of gold is",
-        "If yesterday was Friday, then tomorrow will be",
-        "The opposite of hot is",
-        "The planets of the solar system are:",
-        "My favorite color is",
-        "If 5*x + 3 = 13, then x is",
-    ])
-    core_every: int = -1  # CORE every N steps and at the end (-1: never)
-    core_max_per_task: int = 500  # examples per CORE task, a fixed shuffled subset (-1: all)
-    bundle: str = "core"  # core: DCLM's bundle, downloaded | offline: built from held-out corpus text | a directory
-    chat: Optional[ChatEvalConfig] = None  # set by eval=chat
+    every: int = MISSING
+    tokens: int = MISSING
+    sample_every: int = MISSING
+    sample_tokens: int = MISSING
+    sample_prompts: list[str] = MISSING
+    core_every: int = MISSING
+    core_max_per_task: int = MISSING
+    bundle: str = MISSING
+    chat: Optional[ChatEvalConfig] = MISSING  # null except under eval=chat
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = -1  # steps between checkpoints; -1: only at the end
-    keep: int = 2  # how many periodic checkpoints to keep on disk
+    every: int = MISSING
+    keep: int = MISSING
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "llm"
+    mode: WandbMode = MISSING
+    project: str = MISSING
 
 
 @dataclass
@@ -143,46 +213,50 @@ class RunConfig:
     optim: OptimConfig = MISSING
     dataloader: DataloaderConfig = MISSING
     attention: AttentionConfig = MISSING
-    budget: BudgetConfig = MISSING
-    data: DataConfig = MISSING
-    train: TrainConfig = field(default_factory=TrainConfig)
+    budget: Any = MISSING  # one of the budget schemas, chosen by the budget option
+    data: Any = MISSING  # one of the data schemas, chosen by the data option
+    train: TrainConfig = MISSING
     eval: EvalConfig = MISSING
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    run_name: str = "run"
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16
-    base_dir: Optional[str] = None  # data, tokenizers, caches; None: $LLM_HOME or ~/.cache/llm
-    dry_run: bool = False
-    sweep_name: str = "adhoc"  # set by conf/sweep/*; names the sweep's directory and its Slurm jobs
-    sweeps_root: str = "sweeps"  # multirun sweeps write under ROOT/<sweep>/<label>/ (shared storage on a cluster)
-    sweep_label: str = "${now:%Y-%m-%d_%H-%M-%S}"  # re-use a label to complete or extend that sweep
+    checkpoint: CheckpointConfig = MISSING
+    wandb: WandbConfig = MISSING
+    run_name: str = MISSING
+    seed: int = MISSING
+    device: Device = MISSING
+    dtype: Dtype = MISSING
+    base_dir: Optional[str] = MISSING
+    dry_run: bool = MISSING
+    sweep_name: str = MISSING
+    sweeps_root: str = MISSING
+    sweep_label: str = MISSING
 
 
 @dataclass
 class EvaluateConfig:
     """The evaluation CLI (python -m llm.evaluate): one run directory, measured from the outside."""
     eval: EvalConfig = MISSING
-    run_dir: Optional[str] = None  # a run directory written by train.py (its newest checkpoint is evaluated)
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 42  # for the unconditioned samples
-    base_dir: Optional[str] = None  # None: the run's own base_dir (then $LLM_HOME, then ~/.cache/llm)
-    split_tokens: Optional[int] = None  # tokens per split for bits per byte; None: the run's eval.tokens
-    unconditioned_samples: int = 8
-    unconditioned_tokens: int = 128
-    temperature: float = 1.0
+    run_dir: Optional[str] = MISSING
+    device: Device = MISSING
+    dtype: Dtype = MISSING
+    seed: int = MISSING
+    base_dir: Optional[str] = MISSING
+    split_tokens: Optional[int] = MISSING
+    unconditioned_samples: int = MISSING
+    unconditioned_tokens: int = MISSING
+    temperature: float = MISSING
 
 
-GROUPS = {
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "dataloader": DataloaderConfig,
-    "attention": AttentionConfig,
-    "budget": BudgetConfig,
-    "data": DataConfig,
-    "eval": EvalConfig,
+# group -> {schema name: schema}; a YAML option names its schema first in its defaults list.
+GROUP_SCHEMAS = {
+    "model": {"model_schema": ModelConfig},
+    "optim": {"optim_schema": OptimConfig},
+    "dataloader": {"dataloader_schema": DataloaderConfig},
+    "attention": {"attention_schema": AttentionConfig},
+    "budget": {"iterations_schema": IterationsBudget, "flops_schema": FlopsBudget, "ratio_schema": RatioBudget},
+    "data": {"embedded_schema": EmbeddedData, "fineweb_edu_schema": FineWebEduData, "parquet_schema": ParquetData},
+    "train": {"train_schema": TrainConfig},
+    "eval": {"eval_schema": EvalConfig},
+    "checkpoint": {"checkpoint_schema": CheckpointConfig},
+    "wandb": {"wandb_schema": WandbConfig},
 }
 
 
@@ -191,5 +265,6 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
-    for group, schema in GROUPS.items():
-        store.store(group=group, name=f"{group}_schema", node=schema)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=group, name=name, node=schema)

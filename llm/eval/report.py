@@ -71,7 +71,7 @@ def load_checkpoint(run_dir: Path, run_cfg: DictConfig, device: torch.device):
 
 def bits_per_byte(run_cfg: DictConfig, model, tokenizer, base: Path, tokens: int, runtime) -> dict:
     """{split: bpb} on the run's own corpus, batched as the run batched its evaluation."""
-    corpus = build.corpus(run_cfg.data, base)
+    corpus = build.corpus(run_cfg, base)
     tokens_per_step = run_cfg.train.device_batch_size * run_cfg.model.sequence_len * runtime.world_size
     steps = max(1, tokens // tokens_per_step)
     weights = token_bytes(tokenizer).to(runtime.device)

@@ -8,77 +8,28 @@ What sets it apart from a textbook GPT-2:
   gate that depends on the input;
 - sliding-window attention on some layers, grouped-query attention, logits soft-capped at ±15.
 
-The model is meant to be built on the meta device (shapes only, no memory), moved to its real
+The model's shape (widths, heads, padded vocabulary, which layers have value embeddings, the\nwindow of each layer) is a `ModelShape` from the config layer, which also counts its parameters\nand FLOPs; nothing here repeats those facts. The model is meant to be built on the meta device (shapes only, no memory), moved to its real
 device with `to_empty`, and then filled by the one explicit `init_weights()`.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm.config.derived import VE_GATE_CHANNELS, ModelShape
 from llm.model.attention import attend, attend_with_kv_cache
 
-VOCAB_MULTIPLE = 64  # embedding rows are padded to this for tensor-core friendly shapes
 ROPE_BASE = 10000
 ROTARY_LENGTH_FACTOR = 10  # rotary tables cover this many multiples of sequence_len (decoding runs long)
 LOGIT_SOFTCAP = 15.0
-VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first channels of its input
 X0_LAMBDA_INIT = 0.1
-
-
-@dataclass
-class GPTConfig:
-    sequence_len: int = 2048
-    vocab_size: int = 32768
-    n_layer: int = 12
-    n_head: int = 6  # query heads
-    n_kv_head: int = 6  # key/value heads; fewer than n_head means grouped-query attention
-    n_embd: int = 768
-    # Tiled over the layers, last layer forced to L. S attends to sequence_len // 2 tokens, L to all.
-    window_pattern: str = "SSSL"
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head != 0 or (self.n_embd // self.n_head) % 2 != 0:
-            raise ValueError(
-                f"n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size (rotary pairs channels)"
-            )
-        if self.n_head % self.n_kv_head != 0:
-            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        if self.n_embd < VE_GATE_CHANNELS:
-            raise ValueError(f"n_embd={self.n_embd} is below the {VE_GATE_CHANNELS} channels the value gate reads")
-        if not self.window_pattern or set(self.window_pattern.upper()) - set("SL"):
-            raise ValueError(f"window_pattern={self.window_pattern!r} must be a non-empty string of S and L")
-
-    @property
-    def head_dim(self):
-        return self.n_embd // self.n_head
 
 
 def rms_norm(x):
     # No learnable gain: the per-layer scalars and the next matmul absorb any scale.
     return F.rms_norm(x, (x.size(-1),))
-
-
-def padded_vocab_size(vocab_size):
-    return math.ceil(vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-
-
-def has_value_embedding(layer_idx, n_layer):
-    """Every other layer, counted back from the last one so the last layer always has one."""
-    return (n_layer - 1 - layer_idx) % 2 == 0
-
-
-def sliding_window_sizes(config):
-    """Per-layer (left, right) windows in FA3's convention, the pattern string tiled over the layers."""
-    full = config.sequence_len
-    windows = {"L": (full, 0), "S": (full // 2, 0)}
-    pattern = config.window_pattern.upper()
-    sizes = [windows[pattern[i % len(pattern)]] for i in range(config.n_layer)]
-    sizes[-1] = windows["L"]  # the final layer always sees the whole context
-    return sizes
 
 
 def rotary_tables(seq_len, head_dim, device):
@@ -106,11 +57,12 @@ class CausalSelfAttention(nn.Module):
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
         kv_dim = config.n_kv_head * config.head_dim
-        self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.c_k = nn.Linear(config.n_embd, kv_dim, bias=False)
-        self.c_v = nn.Linear(config.n_embd, kv_dim, bias=False)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        has_ve = has_value_embedding(layer_idx, config.n_layer)
+        q_dim = config.n_head * config.head_dim
+        self.c_q = nn.Linear(config.model_dim, q_dim, bias=False)
+        self.c_k = nn.Linear(config.model_dim, kv_dim, bias=False)
+        self.c_v = nn.Linear(config.model_dim, kv_dim, bias=False)
+        self.c_proj = nn.Linear(q_dim, config.model_dim, bias=False)
+        has_ve = config.has_value_embedding(layer_idx)
         self.ve_gate = nn.Linear(VE_GATE_CHANNELS, config.n_kv_head, bias=False) if has_ve else None
 
     def forward(self, x, value_embedding, cos, sin, window_size, kv_cache):
@@ -137,8 +89,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_fc = nn.Linear(config.model_dim, 4 * config.model_dim, bias=False)
+        self.c_proj = nn.Linear(4 * config.model_dim, config.model_dim, bias=False)
 
     def forward(self, x):
         return self.c_proj(F.relu(self.c_fc(x)).square())
@@ -156,30 +108,24 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config: ModelShape):
         # Usually runs under torch.device("meta"): only shapes are decided here, init_weights() fills values.
         super().__init__()
         self.config = config
-        self.window_sizes = sliding_window_sizes(config)
-        vocab = padded_vocab_size(config.vocab_size)
+        self.window_sizes = [(length, 0) for length in config.window_lengths]  # (left, right), FA3's convention
+        vocab = config.padded_vocab_size
         kv_dim = config.n_kv_head * config.head_dim
         self.transformer = nn.ModuleDict(
             {
-                "wte": nn.Embedding(vocab, config.n_embd),
-                "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                "wte": nn.Embedding(vocab, config.model_dim),
+                "h": nn.ModuleList([Block(config, i) for i in range(config.depth)]),
             }
         )
-        self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
+        self.lm_head = nn.Linear(config.model_dim, vocab, bias=False)
         # Per-layer scalars: resid_lambdas scale the residual stream, x0_lambdas mix the first embedding back in.
-        self.resid_lambdas = nn.Parameter(torch.empty(config.n_layer))
-        self.x0_lambdas = nn.Parameter(torch.empty(config.n_layer))
-        self.value_embeds = nn.ModuleDict(
-            {
-                str(i): nn.Embedding(vocab, kv_dim)
-                for i in range(config.n_layer)
-                if has_value_embedding(i, config.n_layer)
-            }
-        )
+        self.resid_lambdas = nn.Parameter(torch.empty(config.depth))
+        self.x0_lambdas = nn.Parameter(torch.empty(config.depth))
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(vocab, kv_dim) for i in config.value_embed_layers})
         # Derived from the config, so not saved in checkpoints (persistent=False).
         self.rotary_len = ROTARY_LENGTH_FACTOR * config.sequence_len
         cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=None)
@@ -190,13 +136,13 @@ class GPT(nn.Module):
     def init_weights(self):
         """Fill every parameter and buffer on the model's current device.
 
-        Embeddings ~ N(0, 1); lm_head ~ N(0, 0.001); input projections ~ U(-a, a) with a = sqrt(3 / n_embd),
-        i.e. std 1/sqrt(n_embd) without a normal's outliers; output projections and value gates start at
+        Embeddings ~ N(0, 1); lm_head ~ N(0, 0.001); input projections ~ U(-a, a) with a = sqrt(3 / model_dim),
+        i.e. std 1/sqrt(model_dim) without a normal's outliers; output projections and value gates start at
         zero, so each block begins as the identity and each gate at 1.
         """
         nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
-        bound = math.sqrt(3.0 / self.config.n_embd)
+        bound = math.sqrt(3.0 / self.config.model_dim)
         for block in self.transformer.h:
             for weight in (block.attn.c_q.weight, block.attn.c_k.weight, block.attn.c_v.weight, block.mlp.c_fc.weight):
                 nn.init.uniform_(weight, -bound, bound)
@@ -222,7 +168,7 @@ class GPT(nn.Module):
         if start + seq > self.rotary_len:
             raise ValueError(
                 f"position {start + seq} is past the rotary tables ({self.rotary_len} = "
-                f"{ROTARY_LENGTH_FACTOR} x sequence_len); shorten the input or raise GPTConfig.sequence_len"
+                f"{ROTARY_LENGTH_FACTOR} x sequence_len); shorten the input or raise model.sequence_len"
             )
         if kv_cache is not None and start + seq > kv_cache.capacity:
             raise ValueError(
@@ -263,28 +209,3 @@ class GPT(nn.Module):
         everything = [id(p) for p in self.parameters()]
         assert sorted(grouped) == sorted(everything), "parameter groups must cover each parameter once"
         return groups
-
-    def num_scaling_params(self):
-        """Parameter counts per group, so scaling-law fits can choose which ones to count."""
-        counts = {role: sum(p.numel() for p in params) for role, params in self.parameter_groups().items()}
-        return {
-            "wte": counts["wte"],
-            "value_embeds": counts["value_embeds"],
-            "lm_head": counts["lm_head"],
-            "transformer_matrices": counts["matrices"],
-            "scalars": counts["resid_lambdas"] + counts["x0_lambdas"],
-            "total": sum(counts.values()),
-        }
-
-    def estimate_flops(self):
-        """Training FLOPs per token: forward + backward of every matmul plus the attention scores.
-
-        Each matmul weight costs 2 FLOPs forward and 4 backward. Lookups (wte, value embeddings) and the
-        scalars are not matmuls. Attention adds 12 * n_head * head_dim per attended key (QK^T and AV,
-        forward and backward), and a sliding window caps how many keys a token attends to.
-        """
-        counts = self.num_scaling_params()
-        matmul_params = counts["total"] - counts["wte"] - counts["value_embeds"] - counts["scalars"]
-        seq = self.config.sequence_len
-        attended = sum(seq if left < 0 else min(left, seq) for left, _ in self.window_sizes)
-        return 6 * matmul_params + 12 * self.config.n_head * self.config.head_dim * attended

@@ -37,9 +37,9 @@ def cache_dtype(model: torch.nn.Module) -> torch.dtype:
 
 class KVCache:
     def __init__(self, config, rows: int, capacity: int, device, dtype: torch.dtype):
-        """Room for `capacity` positions of `rows` sequences, for a model of this GPTConfig."""
+        """Room for `capacity` positions of `rows` sequences, for a model of this ModelShape."""
         self.config = config
-        shape = (config.n_layer, rows, capacity, config.n_kv_head, config.head_dim)
+        shape = (config.depth, rows, capacity, config.n_kv_head, config.head_dim)
         # One tensor for all layers, so replicating a prompt is one copy per buffer.
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)

@@ -42,7 +42,7 @@ def run_row(run_dir: Path) -> dict:
     config_path = run_dir / "config.yaml"
     if config_path.exists():
         config = OmegaConf.load(config_path)
-        budget = config.budget.target_flops
+        budget = config.budget.get("target_flops", -1)  # only a FLOPs budget has one
         row["flops_budget"] = budget if budget > 0 else math.nan
         row["depth"] = config.model.depth
     run = RunDir(run_dir)

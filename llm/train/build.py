@@ -13,31 +13,28 @@ import torch
 from omegaconf import DictConfig
 
 from llm.config import derived
-from llm.config.derived import ConfigError, ModelShape, Plan
+from llm.config.derived import ModelShape, Plan
 from llm.data.corpus import ensure_embedded_corpus
 from llm.data.fineweb import download_fineweb_edu
 from llm.data.loader import TokenLoader, make_loader
 from llm.data.paths import base_dir
 from llm.data.tokenizer import Tokenizer, ensure_tokenizer
 from llm.model import attention
-from llm.model.gpt import GPT, GPTConfig
+from llm.model.gpt import GPT
 from llm.optim.build import build_optimizer
 from llm.train import checkpoint
 from llm.train.runtime import Runtime
 
 
-def corpus(data: DictConfig, base: Path) -> Path:
+def corpus(cfg: DictConfig, base: Path) -> Path:
     """The directory of parquet shards named by the `data` group (the last shard is validation)."""
+    data = cfg.data
     if data.name == "embedded":
         return ensure_embedded_corpus(base)
     if data.name == "fineweb_edu":
-        return download_fineweb_edu(base, data.num_shards)
-    if data.name == "parquet":
-        path = Path(data.path).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"data.path={data.path} is not a directory: point it at a folder of parquet shards")
-        return path
-    raise ConfigError(f"data.name={data.name!r} is unknown: use data=embedded, data=fineweb_edu or data=parquet")
+        shards = derived.plan(cfg).fineweb_shards  # the shards follow from the tokens the run trains on
+        return download_fineweb_edu(base, shards, data.val_shard)
+    return Path(data.path).expanduser()  # the schema allows no other name; plan() checked the directory
 
 
 def tokenizer(data: DictConfig, corpus_dir: Path, base: Path) -> Tokenizer:
@@ -45,17 +42,11 @@ def tokenizer(data: DictConfig, corpus_dir: Path, base: Path) -> Tokenizer:
     return ensure_tokenizer(base, corpus_dir, data.vocab_size, data.tokenizer_max_chars, data.text_column)
 
 
-def gpt_config(shape: ModelShape) -> GPTConfig:
-    return GPTConfig(sequence_len=shape.sequence_len, vocab_size=shape.vocab_size, n_layer=shape.depth,
-                     n_head=shape.n_head, n_kv_head=shape.n_kv_head, n_embd=shape.model_dim,
-                     window_pattern=shape.window_pattern)
-
-
 def model(shape: ModelShape, attention_cfg: DictConfig, device: torch.device) -> GPT:
     """Shapes on the meta device first, then storage on the target device, then one explicit init."""
     attention.set_backend(attention_cfg.backend)
     with torch.device("meta"):
-        gpt = GPT(gpt_config(shape))
+        gpt = GPT(shape)
     gpt.to_empty(device=device)
     gpt.init_weights()
     return gpt
@@ -119,7 +110,7 @@ def build_run(cfg: DictConfig, runtime: Runtime, loaders: Callable[..., Loaders]
     whose weights replace the fresh initialisation, as a stage that continues a parent model needs.
     """
     base = base_dir(cfg.base_dir)
-    corpus_dir = master_first(runtime, lambda: corpus(cfg.data, base))
+    corpus_dir = master_first(runtime, lambda: corpus(cfg, base))
     tok = master_first(runtime, lambda: tokenizer(cfg.data, corpus_dir, base))
     plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
     gpt = model(plan.shape, cfg.attention, runtime.device)

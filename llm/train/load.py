@@ -12,7 +12,6 @@ import torch
 from llm.data.tokenizer import Tokenizer
 from llm.model.gpt import GPT
 from llm.train import checkpoint
-from llm.train.build import gpt_config
 from llm.train.rundir import TOKENIZER_DIR
 
 
@@ -27,7 +26,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
                          f"{meta['vocab_size']}: the run directory is inconsistent")
     device = torch.device(device)
     with torch.device("meta"):
-        model = GPT(gpt_config(checkpoint.shape_of(meta)))
+        model = GPT(checkpoint.shape_of(meta))
     model.to_empty(device=device)
     model.init_weights()  # buffers (rotary tables) and dtypes; the weights come from the checkpoint
     model.load_state_dict(checkpoint.load_weights(ckpt, device))
