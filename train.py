@@ -26,8 +26,11 @@ register()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    with exit_on(derived.ConfigError):
+    try:
         plan = derived.plan(cfg)  # every check a run makes on its config, before it builds anything
+    except (derived.ConfigError, OmegaConfBaseException) as error:  # e.g. a mandatory value left unset
+        print(f"error: {composition_complaint(error)}", file=sys.stderr)
+        sys.exit(2)
     if cfg.dry_run:
         print(plan.one_line() if HydraConfig.get().mode == RunMode.MULTIRUN else plan.report())
         return
