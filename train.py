@@ -5,6 +5,7 @@
     python train.py model=d12 optim=adamw dry_run=true
     torchrun --nproc_per_node=8 train.py experiment=speedrun hydra.run.dir=runs/speedrun
     python train.py -m sweep=isoflop_cpu              # a sweep (see conf/sweep, conf/hydra/launcher)
+    python train.py experiment=cpu stage=mid init_from=runs/cpu hydra.run.dir=runs/cpu_mid   # a later stage
 """
 
 import os
@@ -20,6 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 from llm.cli import exit_on
 from llm.config import composition_complaint, derived
 from llm.config.schema import register
+from llm.tasks.base import TaskError
+from llm.train.lineage import adopt_parent  # torch-free, like everything before training starts
 
 register()
 
@@ -27,6 +30,7 @@ register()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        adopt_parent(cfg)  # a later stage: the parent must be finished and share the tokenizer
         plan = derived.plan(cfg)  # every check a run makes on its config, before it builds anything
     except (derived.ConfigError, OmegaConfBaseException) as error:  # e.g. a mandatory value left unset
         print(f"error: {composition_complaint(error)}", file=sys.stderr)
@@ -37,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     from llm.train.checkpoint import CheckpointError  # torch is imported only when there is training to do
     from llm.train.loop import train
 
-    with exit_on(derived.ConfigError, CheckpointError):
+    with exit_on(derived.ConfigError, CheckpointError, TaskError):
         train(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -3,6 +3,7 @@
     python -m llm.evaluate run_dir=runs/cpu                          # the offline bundle (default)
     python -m llm.evaluate run_dir=runs/d20 eval=core                # the real CORE bundle (downloaded)
     python -m llm.evaluate run_dir=DIR eval.bundle=/data/eval_bundle eval.core_max_per_task=100
+    python -m llm.evaluate run_dir=runs/cpu_sft eval=chat                # the chat tasks (ChatCORE offline)
     torchrun --nproc_per_node=8 -m llm.evaluate run_dir=runs/speedrun eval=core
 
 Bad input (no run directory, no or mismatched checkpoint, no bundle directory) and a failed bundle
@@ -16,6 +17,7 @@ from llm.cli import exit_on
 from llm.config.derived import ConfigError
 from llm.config.schema import register
 from llm.eval.report import evaluate
+from llm.tasks.base import TaskError
 from llm.train.checkpoint import CheckpointError
 
 register()
@@ -23,7 +25,8 @@ register()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    with exit_on(ConfigError, CheckpointError, OSError):  # bad input, a missing file, a download that kept failing
+    # Bad input, a missing file or task data, a download that kept failing.
+    with exit_on(ConfigError, CheckpointError, TaskError, OSError):
         evaluate(cfg)
 
 

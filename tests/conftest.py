@@ -39,6 +39,15 @@ def compose_config(*overrides: str):
     return compose_run(list(overrides))
 
 
+def stage_mixture(name: str, base: str | None) -> tuple:
+    """(train, validation) tasks of conf/stage/mixture/NAME.yaml, as a chat stage builds them."""
+    from omegaconf import OmegaConf
+
+    from llm.tasks.registry import build_mixture
+    entries = OmegaConf.load(CONF / "stage" / "mixture" / f"{name}.yaml")
+    return build_mixture(entries.train, training=True, base=base), build_mixture(entries.val, training=False, base=base)
+
+
 def optim_config(name: str = "muon_adamw", **values):
     """The optim group as train.py composes it (optim=NAME), with `values` set on top."""
     return compose_run([f"optim={name}", *(f"optim.{key}={value}" for key, value in values.items())]).optim

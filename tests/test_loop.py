@@ -16,6 +16,7 @@ from llm.config.derived import ConfigError
 from llm.train import build, loop
 from llm.train import runtime as runtimes
 from llm.train.checkpoint import CheckpointError
+from llm.train.lineage import adopt_parent
 from tests.conftest import TINY_RUN
 
 RUN = [*TINY_RUN, "checkpoint.every=-1"]  # checkpoints only at the last step and at a stop
@@ -164,12 +165,16 @@ def test_a_corrupt_checkpoint_is_a_checkpoint_error_and_stays_as_it_was(tmp_path
 
 
 def test_a_stage_can_start_from_a_parent_checkpoint(tmp_path, llm_home):
-    """The seam later stages use: build_run(init_from=...) starts from the parent's weights."""
+    """A later stage builds on its parent's newest weights, and takes the parent's model shape."""
     parent = tmp_path / "parent"
     train(parent, "budget.num_iterations=2", "eval.every=-1")
-    cfg = compose_run(RUN)
-    child = build.build_run(cfg, runtimes.start(cfg.device, cfg.dtype, cfg.seed), init_from=parent)
-    fresh = build.build_run(cfg, runtimes.start(cfg.device, cfg.dtype, cfg.seed))
+    cfg = compose_run([*RUN, "stage=sft", f"init_from={parent}", "model=d4", "train.device_batch_size=4",
+                       "stage.examples_per_step=4", "budget=iterations", "budget.num_iterations=1",
+                       "~stage.mixture.train.gsm_symbolic"])  # its generators come from a wheel in the data home
+    found = adopt_parent(cfg)
+    assert found.step == 2 and found.stage == "base" and cfg.model.depth == 2
+    child = build.build_run(cfg, runtimes.start(cfg.device, cfg.dtype, cfg.seed), parent=found)
+    fresh = build.build_run(compose_run(RUN), runtimes.start(cfg.device, cfg.dtype, cfg.seed))
     weights = final_weights(parent)
     assert all(torch.equal(child.model.state_dict()[k], weights[k]) for k in weights)
     assert not torch.equal(fresh.model.state_dict()["lm_head.weight"], weights["lm_head.weight"])

@@ -18,6 +18,7 @@ from llm.tasks.humaneval import HumanEval, checking_program
 from llm.tasks.identity import identity_conversations, identity_task, write_identity_file
 from llm.tasks.mmlu import MMLU
 from llm.tasks.quiz_facts import QuizFacts, first_spelling
+from tests.conftest import stage_mixture
 from llm.tasks.sources import Wheel, package_file
 from llm.tasks.spelling import SimpleSpelling, SpellingBee
 from llm.tasks.wordnet_choice import WordNetChoice
@@ -249,9 +250,8 @@ def test_missing_offline_data_names_the_install_command(tmp_path):
 
 
 def test_offline_stage_mixtures_use_stand_ins_under_their_own_names():
-    from llm.tasks.mixtures import offline_mid, offline_sft
-    mid, mid_validation = offline_mid(DATA_HOME)
-    sft, sft_validation = offline_sft(DATA_HOME)
+    mid, mid_validation = stage_mixture("offline_mid", DATA_HOME)
+    sft, sft_validation = stage_mixture("offline_sft", DATA_HOME)
     real_names = {"smoltalk", "mmlu_auxiliary_train", "gsm8k", "arc_easy", "arc_challenge", "spellingbee", "simple_spelling"}
     for mixture in (mid, sft):
         assert mixture.trainable and not {task.name for task in mixture.tasks} & real_names

@@ -23,6 +23,7 @@ from llm.tasks.humaneval import HumanEval
 from llm.tasks.mmlu import MMLU
 from llm.tasks.smoltalk import SmolTalk
 from llm.tasks.sources import HubSplit, hub_split_files, url_file
+from tests.conftest import stage_mixture
 
 
 def parquet_bytes(rows: list[dict]) -> bytes:
@@ -185,7 +186,6 @@ def test_a_single_file_is_checked_by_content(tmp_path, hub):
 
 def test_the_reference_stage_mixtures_compose_from_downloaded_files(tmp_path):
     """Downloaded splits (parquet + manifest) and word list in place: the stages build with no network."""
-    from llm.tasks.mixtures import reference_mid, reference_sft
     from llm.tasks.spelling import DWYL_URL
     from llm.tasks.sources import tasks_home, write_atomically
     mc = {"question": "q", "subject": "s", "choices": ["1", "2", "3", "4"], "answer": 0}
@@ -203,10 +203,10 @@ def test_the_reference_stage_mixtures_compose_from_downloaded_files(tmp_path):
         write_atomically(directory / f"{split}.manifest.json", json.dumps({"files": [f"{split}-00000-of-00001.parquet"]}))
     words = ["apple", "banana", "cherry"] * 100_001  # what the content check expects of words_alpha.txt
     write_atomically(tasks_home(str(tmp_path)) / DWYL_URL.rsplit("/", 1)[-1], "\r\n".join(words) + "\r\n")
-    mid, mid_validation = reference_mid(str(tmp_path))
+    mid, mid_validation = stage_mixture("reference_mid", str(tmp_path))
     assert [task.name for task in mid.tasks] == ["smoltalk", "mmlu_auxiliary_train", "gsm8k", "identity", "identity",
                                                  "simple_spelling", "spellingbee"]
     assert len(mid) == 12 + 5 + 3 + 2_000 + 280_000 and len(mid_validation) == 4 + 6 + 2
-    sft, sft_validation = reference_sft(str(tmp_path))
+    sft, sft_validation = stage_mixture("reference_sft", str(tmp_path))
     assert [task.name for task in sft.tasks][:2] == ["arc_easy", "arc_challenge"]
     assert len(sft) == 2 + 1 + 3 + 12 + 1_000 + 600 and sft_validation.name == "smoltalk"

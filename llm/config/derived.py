@@ -109,8 +109,10 @@ def scaling_params(counts: Mapping[str, int]) -> int:
     return counts["transformer_matrices"] + counts["lm_head"]
 
 
-def num_iterations(budget: Mapping, n_scaling: int, flops_token: int, total_batch_size: int) -> int:
-    """Steps from the budget, by its kind: given outright, from target FLOPs, or from tokens per parameter."""
+def num_iterations(budget: Mapping, n_scaling: int, flops_token: int, total_batch_size: int,
+                   steps_per_epoch: int | None = None) -> int | None:
+    """Steps from the budget, by its kind: given outright, from target FLOPs, from tokens per parameter,
+    or from passes over a chat stage's mixture (None until the data has counted `steps_per_epoch`)."""
     kind = str(budget["name"])
     if kind == "iterations":
         steps = budget["num_iterations"]
@@ -118,8 +120,14 @@ def num_iterations(budget: Mapping, n_scaling: int, flops_token: int, total_batc
         steps = round(budget["target_flops"] / (flops_token * total_batch_size))
     elif kind == "ratio":
         steps = int(budget["target_param_data_ratio"] * n_scaling) // total_batch_size
+    elif kind == "epochs":
+        if budget["num_epochs"] < 1:
+            raise ConfigError(f"budget.num_epochs={budget['num_epochs']}: train for at least one epoch")
+        if steps_per_epoch is None:
+            return None
+        steps = budget["num_epochs"] * steps_per_epoch
     else:
-        raise ConfigError(f"budget.name={kind!r} is unknown: use budget=iterations, budget=flops or budget=ratio")
+        raise ConfigError(f"budget.name={kind!r} is unknown: use budget=iterations, flops, ratio or epochs")
     if steps < 1:
         raise ConfigError(f"budget={kind} gives {steps} steps at train.total_batch_size={total_batch_size:,}: "
                           "no training horizon; raise the budget or lower train.total_batch_size")
@@ -165,8 +173,11 @@ CADENCE_KEYS = (("eval", "every"), ("eval", "core_every"), ("eval", "sample_ever
 
 def check_run_keys(cfg: Mapping) -> None:
     """What a run refuses besides its plan: cadences, and a parquet directory that is not there."""
-    for group, key in CADENCE_KEYS:
-        complaint = invalid_cadence(f"{group}.{key}", cfg[group][key])
+    cadences = {f"{group}.{key}": cfg[group][key] for group, key in CADENCE_KEYS}
+    if cfg["eval"].get("chat") is not None:
+        cadences["eval.chat.every"] = cfg["eval"]["chat"]["every"]
+    for key, value in cadences.items():
+        complaint = invalid_cadence(key, value)
         if complaint:
             raise ConfigError(complaint)
     data = cfg["data"]
@@ -174,13 +185,17 @@ def check_run_keys(cfg: Mapping) -> None:
         raise ConfigError(f"data.path={data['path']} is not a directory: point it at a folder of parquet shards")
 
 
-def learning_rates(optim: Mapping, model_dim: int, total_batch_size: int) -> dict[str, float]:
+def learning_rates(optim: Mapping, model_dim: int, total_batch_size: int | None,
+                   init_lr_frac: float = 1.0) -> dict[str, float]:
     """Per-role learning rates with every scale applied.
 
-    Rates were tuned at a batch of 2^19 tokens: they scale with sqrt(batch / 2^19). The AdamW rates
-    of the embeddings and lm_head were tuned at width 768 and scale with (model_dim / 768)^-0.5.
+    Rates were tuned at a batch of 2^19 tokens: they scale with sqrt(batch / 2^19); a batch counted
+    in conversations (SFT, total_batch_size None) keeps the reference's rates as they are. The
+    AdamW rates of the embeddings and lm_head were tuned at width 768 and scale with
+    (model_dim / 768)^-0.5. A stage's init_lr_frac multiplies them all.
     """
-    batch_scale = (total_batch_size / optim["reference_batch_size"]) ** 0.5
+    batch_scale = 1.0 if total_batch_size is None else (total_batch_size / optim["reference_batch_size"]) ** 0.5
+    batch_scale *= init_lr_frac
     width_scale = (model_dim / optim["reference_model_dim"]) ** -0.5
     embedding = optim["embedding_lr"] * width_scale * batch_scale
     scalar = optim["scalar_lr"] * batch_scale
@@ -205,24 +220,30 @@ class Plan:
     params: dict[str, int]
     scaling_params: int
     flops_per_token: int
-    num_iterations: int
-    total_batch_size: int
+    num_iterations: int | None  # None: one or more epochs of a chat mixture, not yet counted
+    total_batch_size: int  # tokens per optimizer step (at most, when the batch is counted in conversations)
     grad_accum_steps: int
     learning_rates: dict[str, float] = field(repr=False)
     weight_decay: float
     fineweb_shards: int | None = None  # FineWeb-Edu training shards to download (None: another corpus)
+    examples_per_step: int | None = None  # conversations per step (SFT); None: a batch of total_batch_size tokens
 
     @property
-    def total_tokens(self) -> int:
-        return self.num_iterations * self.total_batch_size
+    def total_tokens(self) -> int | None:
+        return None if self.num_iterations is None else self.num_iterations * self.total_batch_size
 
     @property
-    def total_flops(self) -> float:
-        return float(self.flops_per_token) * self.total_tokens
+    def total_flops(self) -> float | None:
+        return None if self.num_iterations is None else float(self.flops_per_token) * self.total_tokens
 
     @property
-    def tokens_per_param(self) -> float:
-        return self.total_tokens / self.scaling_params
+    def tokens_per_param(self) -> float | None:
+        return None if self.num_iterations is None else self.total_tokens / self.scaling_params
+
+    def batch(self) -> str:
+        if self.examples_per_step is None:
+            return f"{self.total_batch_size:,} tokens"
+        return f"{self.examples_per_step} conversations, at most {self.total_batch_size:,} tokens"
 
     def report(self) -> str:
         """The plan for a person: what dry_run prints and every run shows first."""
@@ -235,17 +256,22 @@ class Plan:
             *(f"  {name:<{width}} {count:>15,}" for name, count in self.params.items()),
             f"  {'scaling (matrices + lm_head)':<{width}} {self.scaling_params:>15,}",
             f"FLOPs per token      {self.flops_per_token:.6e}",
-            f"num_iterations       {self.num_iterations:,} (batch {self.total_batch_size:,} tokens, "
-            f"grad accumulation {self.grad_accum_steps})",
-            f"tokens               {self.total_tokens:,} ({self.tokens_per_param:.2f} per scaling parameter)",
-            f"total FLOPs          {self.total_flops:.6e}",
         ]
+        batch = f"(batch {self.batch()}, grad accumulation {self.grad_accum_steps})"
+        if self.num_iterations is None:
+            lines.append(f"num_iterations       an epoch count of the stage's mixture, made when its data loads {batch}")
+        else:
+            lines += [f"num_iterations       {self.num_iterations:,} {batch}",
+                      f"tokens               {self.total_tokens:,} ({self.tokens_per_param:.2f} per scaling parameter)",
+                      f"total FLOPs          {self.total_flops:.6e}"]
         if self.fineweb_shards is not None:
             lines.append(f"FineWeb-Edu shards   {self.fineweb_shards} for training, + 1 to validate on")
         return "\n".join(lines)
 
     def one_line(self) -> str:
         """The plan of one job of a sweep, as a dry run of the sweep lists it."""
+        if self.num_iterations is None:
+            return f"d{self.shape.depth} (dim {self.shape.model_dim}): an epoch of the stage's mixture"
         return (f"d{self.shape.depth} (dim {self.shape.model_dim}): {self.params['total']:,} params, "
                 f"{self.scaling_params:,} scaling | {self.flops_per_token:.3e} FLOPs/token | "
                 f"{self.num_iterations:,} iterations | {self.total_tokens:.3e} tokens | "
@@ -259,36 +285,72 @@ class Plan:
             "head_dim": s.head_dim, "sequence_len": s.sequence_len, "window_pattern": s.window_pattern,
             "vocab_size": s.vocab_size, "params": dict(self.params), "scaling_params": self.scaling_params,
             "flops_per_token": self.flops_per_token, "num_iterations": self.num_iterations,
-            "total_batch_size": self.total_batch_size, "grad_accum_steps": self.grad_accum_steps,
+            "total_batch_size": self.total_batch_size, "examples_per_step": self.examples_per_step,
+            "grad_accum_steps": self.grad_accum_steps,
             "total_tokens": self.total_tokens, "total_flops": self.total_flops,
             "tokens_per_param": self.tokens_per_param,
         }
 
 
-def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None) -> Plan:
-    """Derive the whole training plan from a composed config (a DictConfig or plain dict)."""
+def check_stage(cfg: Mapping) -> None:
+    """A chat stage needs a parent run and a mixture; pretraining has neither."""
+    stage = cfg["stage"]
+    name = str(stage["name"])
+    if name == "base":
+        if cfg["init_from"] is not None:
+            raise ConfigError("stage=base trains a new model from scratch: drop init_from, or choose stage=mid or sft")
+        if str(cfg["budget"]["name"]) == "epochs":
+            raise ConfigError("budget=epochs counts passes over a chat mixture: pretraining takes budget=iterations, "
+                              "flops or ratio")
+        return
+    if cfg["init_from"] is None:
+        raise ConfigError(f"stage={name} continues a trained model: name its run directory with init_from=DIR")
+    if stage["mixture"] is None:
+        raise ConfigError(f"stage={name} has no data: choose a mixture, e.g. stage/mixture=offline_{name}")
+
+
+def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None, steps_per_epoch: int | None = None) -> Plan:
+    """Derive the whole training plan from a composed config (a DictConfig or plain dict).
+
+    `steps_per_epoch` is what a chat stage's data counts once it is loaded (budget=epochs needs it;
+    without it the plan's horizon is None, as a dry run shows it).
+    """
     shape = model_shape(cfg["model"], vocab_size or cfg["data"]["vocab_size"])
-    train = cfg["train"]
-    rows_per_step = train["device_batch_size"] * shape.sequence_len * world_size
-    if train["device_batch_size"] < 1 or train["total_batch_size"] % rows_per_step:
-        raise ConfigError(
-            f"train.total_batch_size={train['total_batch_size']:,} is not a multiple of device_batch_size × "
-            f"sequence_len × world_size = {rows_per_step:,}: pick a total batch that this divides")
+    train, examples = cfg["train"], cfg["stage"]["examples_per_step"]
+    check_stage(cfg)
+    if train["device_batch_size"] < 1:
+        raise ConfigError(f"train.device_batch_size={train['device_batch_size']}: use 1 or more rows per pass")
+    if examples is None:
+        rows_per_step = train["device_batch_size"] * shape.sequence_len * world_size
+        if train["total_batch_size"] % rows_per_step:
+            raise ConfigError(
+                f"train.total_batch_size={train['total_batch_size']:,} is not a multiple of device_batch_size × "
+                f"sequence_len × world_size = {rows_per_step:,}: pick a total batch that this divides")
+        grad_accum, tokens_per_step = train["total_batch_size"] // rows_per_step, train["total_batch_size"]
+    else:
+        per_pass = train["device_batch_size"] * world_size
+        if examples < 1 or examples % per_pass:
+            raise ConfigError(f"stage.examples_per_step={examples} is not a multiple of device_batch_size × "
+                              f"world_size = {per_pass}: pick a number of conversations that this divides")
+        # Conversations are padded to the longest of their batch and cut at sequence_len: at most this.
+        grad_accum, tokens_per_step = examples // per_pass, examples * shape.sequence_len
     check_run_keys(cfg)
     counts = parameter_counts(shape)
     n_scaling = scaling_params(counts)
     flops_token = flops_per_token(shape, counts)
-    steps = num_iterations(cfg["budget"], n_scaling, flops_token, train["total_batch_size"])
-    is_fineweb = cfg["data"]["name"] == "fineweb_edu"
+    steps = num_iterations(cfg["budget"], n_scaling, flops_token, tokens_per_step, steps_per_epoch)
+    is_fineweb = cfg["data"]["name"] == "fineweb_edu" and str(cfg["stage"]["name"]) == "base"
     return Plan(
         shape=shape,
         params=counts,
         scaling_params=n_scaling,
         flops_per_token=flops_token,
         num_iterations=steps,
-        fineweb_shards=fineweb_train_shards(cfg["data"], steps * train["total_batch_size"]) if is_fineweb else None,
-        total_batch_size=train["total_batch_size"],
-        grad_accum_steps=train["total_batch_size"] // rows_per_step,
-        learning_rates=learning_rates(cfg["optim"], shape.model_dim, train["total_batch_size"]),
+        fineweb_shards=fineweb_train_shards(cfg["data"], steps * tokens_per_step) if is_fineweb else None,
+        total_batch_size=tokens_per_step,
+        examples_per_step=examples,
+        grad_accum_steps=grad_accum,
+        learning_rates=learning_rates(cfg["optim"], shape.model_dim, None if examples else tokens_per_step,
+                                      cfg["stage"]["init_lr_frac"]),
         weight_decay=weight_decay(cfg["optim"], shape.depth),
     )

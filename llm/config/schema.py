@@ -55,6 +55,13 @@ class BudgetKind(StrEnum):
     iterations = "iterations"
     flops = "flops"
     ratio = "ratio"
+    epochs = "epochs"  # passes over a chat stage's mixture
+
+
+class StageName(StrEnum):
+    base = "base"  # pretraining on a corpus
+    mid = "mid"  # midtraining: packed conversations, every token trained on
+    sft = "sft"  # supervised finetuning: padded conversations, the assistant's tokens trained on
 
 
 class Corpus(StrEnum):
@@ -141,6 +148,12 @@ class RatioBudget:
 
 
 @dataclass
+class EpochsBudget:
+    name: BudgetKind = MISSING
+    num_epochs: int = MISSING
+
+
+@dataclass
 class EmbeddedData:
     name: Corpus = MISSING
     text_column: str = MISSING
@@ -196,6 +209,15 @@ class EvalConfig:
 
 
 @dataclass
+class StageConfig:
+    """Which stage of the pipeline a run is (conf/stage); the stage's settings of other groups sit in those groups."""
+    name: StageName = MISSING
+    mixture: Optional[Any] = MISSING  # {train: {label: task entry}, val: {...}} (conf/stage/mixture); null for base
+    init_lr_frac: float = MISSING  # every initial learning rate times this
+    examples_per_step: Optional[int] = MISSING  # conversations per optimizer step; null: train.total_batch_size tokens
+
+
+@dataclass
 class CheckpointConfig:
     every: int = MISSING
     keep: int = MISSING
@@ -219,6 +241,8 @@ class RunConfig:
     eval: EvalConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
     wandb: WandbConfig = MISSING
+    stage: StageConfig = MISSING
+    init_from: Optional[str] = MISSING  # the parent run directory a later stage starts from
     run_name: str = MISSING
     seed: int = MISSING
     device: Device = MISSING
@@ -251,7 +275,8 @@ GROUP_SCHEMAS = {
     "optim": {"optim_schema": OptimConfig},
     "dataloader": {"dataloader_schema": DataloaderConfig},
     "attention": {"attention_schema": AttentionConfig},
-    "budget": {"iterations_schema": IterationsBudget, "flops_schema": FlopsBudget, "ratio_schema": RatioBudget},
+    "budget": {"iterations_schema": IterationsBudget, "flops_schema": FlopsBudget, "ratio_schema": RatioBudget,
+               "epochs_schema": EpochsBudget},
     "data": {"embedded_schema": EmbeddedData, "fineweb_edu_schema": FineWebEduData, "parquet_schema": ParquetData},
     "train": {"train_schema": TrainConfig},
     "eval": {"eval_schema": EvalConfig},

@@ -88,12 +88,15 @@ class Counts:
     passed: int = 0
     total: int = 0
     too_long: int = 0  # prompts longer than the model's context, counted as failed
+    replies: int = 0  # generative tasks: replies sampled ...
+    ended: int = 0  # ... and how many of them ended their turn before max_new_tokens ran out
 
     def summed(self, device: torch.device) -> "Counts":
         """The counts of all ranks added together (this rank's alone outside torch.distributed)."""
         if not (dist.is_initialized() and dist.get_world_size() > 1):
             return self
-        counts = torch.tensor([self.passed, self.total, self.too_long], dtype=torch.long, device=device)
+        counts = torch.tensor([self.passed, self.total, self.too_long, self.replies, self.ended], dtype=torch.long,
+                              device=device)
         dist.all_reduce(counts)
         return Counts(*counts.tolist())
 
@@ -156,11 +159,14 @@ def score_generative(engine: Engine, tokenizer, task, problems: int, cfg) -> Cou
         if len(prompt) > context:
             counts.too_long += 1
             continue
-        sequences, _ = engine.generate_batch(prompt, num_samples=cfg.num_samples,
-                                             max_tokens=min(cfg.max_new_tokens, positions - len(prompt)),
+        max_tokens = min(cfg.max_new_tokens, positions - len(prompt))
+        sequences, _ = engine.generate_batch(prompt, num_samples=cfg.num_samples, max_tokens=max_tokens,
                                              temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
-        replies = (tokenizer.decode(sequence[len(prompt):]) for sequence in sequences)
-        counts.passed += int(any(task.evaluate(conversation, reply) for reply in replies))
+        replies = [sequence[len(prompt):] for sequence in sequences]
+        counts.replies += len(replies)
+        # A reply that did not stop holds exactly max_tokens tokens (the stop token is never in it).
+        counts.ended += sum(len(reply) < max_tokens for reply in replies)
+        counts.passed += int(any(task.evaluate(conversation, tokenizer.decode(reply)) for reply in replies))
     return counts
 
 
@@ -178,7 +184,8 @@ def task_result(counts: Counts, baseline: float) -> dict:
     accuracy = counts.passed / counts.total
     low, high = wilson_interval(counts.passed, counts.total)
     return {"accuracy": accuracy, "centered": centered(accuracy, baseline), "n": counts.total,
-            "passed": counts.passed, "baseline": baseline, "interval": [low, high], "too_long": counts.too_long}
+            "passed": counts.passed, "baseline": baseline, "interval": [low, high], "too_long": counts.too_long,
+            "ended": counts.ended / counts.replies if counts.replies else None}
 
 
 def suite_report(name: str, tasks: dict[str, dict], complete: bool) -> dict:
@@ -224,11 +231,13 @@ def score_suite(model, tokenizer, name: str, tasks: dict[str, tuple[object, floa
 
 def table(report: dict) -> str:
     lines = [f"chat suite {report['name']}",
-             f"  {'task':<24} {'accuracy':>9} {'95% interval':>17} {'centered':>9} {'n':>6} {'too long':>9}"]
+             f"  {'task':<24} {'accuracy':>9} {'95% interval':>17} {'centered':>9} {'n':>6} {'too long':>9} "
+             f"{'ended':>6}"]
     for name, task in report["tasks"].items():
         low, high = task["interval"]
+        ended = "" if task.get("ended") is None else f"{task['ended']:.0%}"  # replies that ended their turn
         lines.append(f"  {name:<24} {task['accuracy']:>9.4f}   [{low:.4f}, {high:.4f}] {task['centered']:>9.4f} "
-                     f"{task['n']:>6} {task['too_long']:>9}")
+                     f"{task['n']:>6} {task['too_long']:>9} {ended:>6}")
     if report["score"] is None:
         lines.append(f"  {report['name']}: not every task of the suite was measured, so there is no suite score")
     else:

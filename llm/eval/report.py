@@ -6,7 +6,9 @@ the start of each split, so val matches the run's last val bpb), greedy samples 
 prompts and unconditioned samples, and CORE on the chosen bundle. eval.json holds
     checkpoint_step, checkpoint, bpb {train, val}, core {score, tasks {label: {accuracy, centered}},
     bundle, max_per_task}, samples {conditioned, unconditioned}
-and is written atomically; the checkpoints and the run's other files are only read.
+and is written atomically; the checkpoints and the run's other files are only read. With
+eval=chat it measures the chat tasks instead (llm/eval/chat.py) and sets eval.json's `chat`,
+keeping what an earlier evaluation wrote there.
 """
 
 import json
@@ -23,6 +25,7 @@ from llm.data.paths import base_dir
 from llm.data.tokenizer import token_bytes
 from llm.eval.bpb import evaluate_bpb
 from llm.eval.bundle import load_bundle
+from llm.eval.chat import evaluate_chat
 from llm.eval.core import evaluate_core, locate_bundle
 from llm.eval.sample import greedy_continuations, sampled_continuations
 from llm.train import build, checkpoint
@@ -103,6 +106,11 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(run_dir: Path, report: dict, say) -> None:
+    write_atomic(run_dir / RESULT_FILE, json.dumps(report, indent=2) + "\n")
+    say(f"wrote {run_dir / RESULT_FILE}")
+
+
 def evaluate(cfg: DictConfig) -> dict | None:
     """Measure cfg.run_dir's newest checkpoint; rank 0 writes and returns the report (others return None)."""
     run_dir, run_cfg = run_directory(cfg.run_dir)
@@ -111,6 +119,14 @@ def evaluate(cfg: DictConfig) -> dict | None:
         say = print if runtime.is_master else (lambda *_: None)
         model, tokenizer, ckpt, step = load_checkpoint(run_dir, run_cfg, runtime.device)
         base = base_dir(cfg.base_dir or run_cfg.get("base_dir"))
+        if cfg.eval.chat is not None:
+            chat = evaluate_chat(model, tokenizer, cfg.eval, runtime, str(base), say=say)
+            if not runtime.is_master:
+                return None
+            earlier = json.loads((run_dir / RESULT_FILE).read_text()) if (run_dir / RESULT_FILE).exists() else {}
+            report = {**earlier, "chat": {**chat, "checkpoint_step": step, "checkpoint": str(ckpt)}}
+            write_report(run_dir, report, say)
+            return report
         bundle = locate_bundle(cfg.eval.bundle, base)
         tasks = load_bundle(bundle)  # before the long measurements, so that a bad bundle fails at once
 
@@ -127,8 +143,7 @@ def evaluate(cfg: DictConfig) -> dict | None:
         for kind, texts in report["samples"].items():
             say("\n".join(f"{kind} sample: {text!r}" for text in texts))
         say(table(report))
-        write_atomic(run_dir / RESULT_FILE, json.dumps(report, indent=2) + "\n")
-        say(f"wrote {run_dir / RESULT_FILE}")
+        write_report(run_dir, report, say)
         return report
     finally:
         runtimes.stop(runtime)

@@ -1,8 +1,9 @@
 """One builder per config group, and `build_run`, which assembles a whole run from a config.
 
 Everything that trains or measures a model of a config (the loop, llm.bench, the precision test)
-calls `build_run`, so a config means the same components everywhere. A later stage (midtraining,
-SFT, RL) reuses it with its own `loaders` and an `init_from` parent checkpoint.
+calls `build_run`, so a config means the same components everywhere. Pretraining builds its
+corpus and tokenizer; a later stage (midtraining, SFT) takes the tokenizer and weights of its
+parent run and the conversations of its mixture.
 """
 
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from llm.model import attention
 from llm.model.gpt import GPT
 from llm.optim.build import build_optimizer
 from llm.train import checkpoint
+from llm.train.chat_data import ChatData
+from llm.train.lineage import Parent
+from llm.train.rundir import TOKENIZER_DIR
 from llm.train.runtime import Runtime
 
 
@@ -85,7 +89,7 @@ class Run:
     """The live components of a run, built from its config."""
     runtime: Runtime
     base: Path  # the data home
-    corpus: Path
+    corpus: Path | None  # pretraining's corpus (None for a chat stage)
     tokenizer: Tokenizer
     plan: Plan
     model: GPT
@@ -102,19 +106,30 @@ def master_first(runtime: Runtime, make: Callable):
 
 
 def build_run(cfg: DictConfig, runtime: Runtime, loaders: Callable[..., Loaders] = pretraining_loaders,
-              init_from: Path | None = None) -> Run:
+              parent: Parent | None = None) -> Run:
     """Corpus, tokenizer, plan, model, optimizer and loaders of `cfg` on `runtime`.
 
-    The plan's vocabulary is the tokenizer's (the one source of it). `loaders(cfg, tokenizer, corpus,
-    runtime)` makes the data (pretraining's by default); `init_from` is a checkpoint (or run directory)
-    whose weights replace the fresh initialisation, as a stage that continues a parent model needs.
+    The plan's vocabulary is the tokenizer's (the one source of it). Pretraining makes its data with
+    `loaders(cfg, tokenizer, corpus, runtime)`; a chat stage (`parent` given, see llm.train.lineage)
+    starts from the parent's newest weights with the parent's tokenizer, on its mixture, and counts
+    its epoch from the conversations when the budget asks for one.
     """
     base = base_dir(cfg.base_dir)
-    corpus_dir = master_first(runtime, lambda: corpus(cfg, base))
-    tok = master_first(runtime, lambda: tokenizer(cfg.data, corpus_dir, base))
-    plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
+    if parent is None:
+        corpus_dir = master_first(runtime, lambda: corpus(cfg, base))
+        tok = master_first(runtime, lambda: tokenizer(cfg.data, corpus_dir, base))
+        plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
+        data = loaders(cfg, tok, corpus_dir, runtime)
+    else:
+        corpus_dir, tok = None, Tokenizer.load(parent.run_dir / TOKENIZER_DIR)
+        chat = master_first(runtime, lambda: ChatData.of(cfg))  # rank 0 writes generated files, downloads
+        plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
+        if plan.num_iterations is None:  # budget=epochs
+            steps = chat.steps_per_epoch(cfg, tok, plan.grad_accum_steps, runtime.world_size)
+            plan = derived.plan(cfg, runtime.world_size, tok.vocab_size, steps)
+        make = chat.loader_maker(cfg, tok, runtime)
+        data = Loaders(train=make(chat.train), val=lambda: make(chat.val))
     gpt = model(plan.shape, cfg.attention, runtime.device)
-    if init_from is not None:
-        gpt.load_state_dict(checkpoint.load_weights(checkpoint.resolve(init_from), runtime.device))
-    return Run(runtime, base, corpus_dir, tok, plan, gpt, optimizer(gpt, plan, cfg.optim, runtime),
-               loaders(cfg, tok, corpus_dir, runtime))
+    if parent is not None:
+        gpt.load_state_dict(checkpoint.load_weights(checkpoint.resolve(parent.run_dir), runtime.device))
+    return Run(runtime, base, corpus_dir, tok, plan, gpt, optimizer(gpt, plan, cfg.optim, runtime), data)

@@ -9,15 +9,14 @@ with nothing left over, and a run stopped and resumed produces exactly the losse
 one that never stopped. Every periodic action follows llm.config.cadence; the checkpoint at the
 last step and the one at a stop signal are always written.
 
-Later stages reuse this loop: `train` takes the stage's data (`loaders`) and a parent checkpoint
-(`init_from`) whose weights a new run starts from.
+Every stage runs this loop: pretraining, and the chat stages that start from a parent run
+(`init_from`, llm.train.lineage) on their own data, with the chat evaluation on its cadence.
 """
 
 import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,12 +26,14 @@ from llm.config.derived import ConfigError
 from llm.data.tokenizer import token_bytes
 from llm.device import peak_flops, peak_memory_bytes
 from llm.eval.bpb import evaluate_bpb
+from llm.eval.chat import evaluate_chat
 from llm.eval.core import core_score
 from llm.eval.sample import greedy_continuations
 from llm.model import attention
 from llm.optim.schedules import apply_schedules
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
+from llm.train.lineage import adopt_parent
 from llm.train.preemption import StopSignal
 from llm.train.progress import Progress
 from llm.train.rundir import TOKENIZER_DIR, RunDir, Summary
@@ -56,12 +57,13 @@ class LoopState:
         return cls(**{key: value for key, value in loop.items() if key in known})
 
 
-def train(cfg: DictConfig, run_dir: str | Path, loaders: Callable[..., build.Loaders] = build.pretraining_loaders,
-          init_from: Path | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train cfg in run_dir (resuming what is there) and return its summary."""
     run = RunDir(run_dir)
+    parent = adopt_parent(cfg)  # a later stage takes its parent's model shape
     config = OmegaConf.to_container(cfg, resolve=True)
-    run.check_identity(config)  # every rank checks, so all refuse together
+    lineage = parent.record() if parent else None
+    run.check_identity(config, lineage)  # every rank checks, so all refuse together
     finished = run.read_summary()
     if finished and finished["status"] == "done":
         print(f"{run.path} already finished at step {finished['step']}: nothing to do")
@@ -69,10 +71,10 @@ def train(cfg: DictConfig, run_dir: str | Path, loaders: Callable[..., build.Loa
     runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir, run.recorded_dtype())
     stop = StopSignal()
     if runtime.is_master:
-        run.bind(config, OmegaConf.to_yaml(cfg, resolve=True), runtime.dtype_name)
+        run.bind(config, OmegaConf.to_yaml(cfg, resolve=True), runtime.dtype_name, lineage)
         run.set_status("starting")  # building data and model; "running" once the loop starts
     try:
-        summary = Trainer(cfg, build.build_run(cfg, runtime, loaders, init_from), run, stop).run()
+        summary = Trainer(cfg, build.build_run(cfg, runtime, parent=parent), run, stop).run()
     except BaseException:
         if runtime.is_master:
             run.set_status("failed")  # the numbers stay those of the last step that was published
@@ -188,9 +190,20 @@ class Trainer:
             core = core_score(self.model, self.built.tokenizer, evals, self.runtime, self.built.base)
             self.state.core_score = metrics["core_score"] = core["score"]
             self.say(f"step {step:05d} | CORE {core['score']:.4f} ({core['bundle']})")
+        if step > 0 and evals.chat is not None and is_due(evals.chat.every, step, n):
+            metrics |= self.chat_accuracies()
         if step > 0 and self.is_master and is_due(evals.sample_every, step, n):
             self.print_samples()
         return metrics
+
+    def chat_accuracies(self) -> dict:
+        """eval.chat's tasks on the uncompiled model (prompts of every length): accuracy per task."""
+        self.model.eval()
+        report = evaluate_chat(self.model, self.built.tokenizer, self.cfg.eval, self.runtime, self.cfg.base_dir,
+                               say=self.say)
+        self.model.train()
+        metrics = {f"chat/{name}": task["accuracy"] for name, task in report["tasks"].items()}
+        return metrics | ({"chat_score": report["score"]} if "score" in report else {})
 
     def val_bpb(self) -> float:
         """Validation bits per byte over eval.tokens tokens, always from the start of the val split."""

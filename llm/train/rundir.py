@@ -1,8 +1,9 @@
 """The run directory: the contract between a run and everything that reads it.
 
     DIR/config.yaml       the resolved config
-    DIR/identity.json     the part of the config that defines the trajectory, the compute dtype the
-                          first launch resolved, and the git commit
+    DIR/identity.json     the part of the config that defines the trajectory, the stage, the parent
+                          run (directory and checkpoint step) of a later stage, the compute dtype
+                          the first launch resolved, and the git commit
     DIR/metrics.jsonl     one JSON object per logged step
     DIR/summary.json      status and headline numbers, rewritten atomically as the run goes
     DIR/launches.jsonl    one line per start of the run: host, step it started from, dtype, Slurm job ids
@@ -32,7 +33,7 @@ SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_I
 
 # Config sections that decide which weights a run produces. Changing any of them under an existing
 # run directory would silently splice two different runs together, so it is refused.
-TRAJECTORY_KEYS = ("model", "optim", "dataloader", "budget", "data", "seed",
+TRAJECTORY_KEYS = ("stage", "model", "optim", "dataloader", "budget", "data", "seed",
                    "train.total_batch_size", "train.device_batch_size")
 
 
@@ -97,13 +98,23 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.checkpoints = self.path / "checkpoints"
 
-    def check_identity(self, config: Mapping) -> None:
-        """Refuse a directory that holds a run of another config (every rank checks, so all fail together)."""
+    def check_identity(self, config: Mapping, parent: Mapping | None = None) -> None:
+        """Refuse a directory that holds a run of another config or another parent (every rank checks, so
+        all fail together)."""
         identity_path = self.path / "identity.json"
         if not identity_path.exists():
             return
-        recorded = json.loads(identity_path.read_text())["trajectory"]
-        current = _trajectory(config)
+        identity = json.loads(identity_path.read_text())
+        recorded, current = identity["trajectory"], _trajectory(config)
+        recorded_stage = (recorded.get("stage") or {"name": "base"})["name"]
+        if recorded_stage != current["stage"]["name"]:
+            raise ConfigError(f"{self.path} holds a stage={recorded_stage} run, not stage={current['stage']['name']}: "
+                              "choose another hydra.run.dir for this stage")
+        recorded_parent = (identity.get("parent") or {}).get("run_dir")
+        if recorded_parent != (parent or {}).get("run_dir"):
+            raise ConfigError(f"{self.path} continues init_from={recorded_parent}, not {(parent or {}).get('run_dir')}: "
+                              "choose another hydra.run.dir, or name the same parent")
+        recorded.setdefault("stage", current["stage"])  # a base run recorded before stages existed
         differing = [k for k in TRAJECTORY_KEYS if json.dumps(recorded.get(k), sort_keys=True, default=str)
                      != json.dumps(current[k], sort_keys=True, default=str)]
         if differing:
@@ -115,12 +126,13 @@ class RunDir:
         identity_path = self.path / "identity.json"
         return json.loads(identity_path.read_text()).get("compute_dtype") if identity_path.exists() else None
 
-    def bind(self, config: Mapping, resolved_yaml: str, compute_dtype: str) -> None:
+    def bind(self, config: Mapping, resolved_yaml: str, compute_dtype: str, parent: Mapping | None = None) -> None:
         """Record the config this directory runs (its identity is written once, by the first run)."""
         self.path.mkdir(parents=True, exist_ok=True)
         identity_path = self.path / "identity.json"
         if not identity_path.exists():
-            identity = {"trajectory": _trajectory(config), "compute_dtype": compute_dtype, "git_commit": git_commit()}
+            identity = {"trajectory": _trajectory(config), "stage": config["stage"]["name"], "parent": parent,
+                        "compute_dtype": compute_dtype, "git_commit": git_commit()}
             write_atomic(identity_path, json.dumps(identity, indent=2, default=str))
         write_atomic(self.path / "config.yaml", resolved_yaml)
 
