@@ -106,13 +106,13 @@ def master_first(runtime: Runtime, make: Callable):
 
 
 def build_run(cfg: DictConfig, runtime: Runtime, loaders: Callable[..., Loaders] = pretraining_loaders,
-              parent: Parent | None = None) -> Run:
+              parent: Parent | None = None, chat: ChatData | None = None) -> Run:
     """Corpus, tokenizer, plan, model, optimizer and loaders of `cfg` on `runtime`.
 
     The plan's vocabulary is the tokenizer's (the one source of it). Pretraining makes its data with
     `loaders(cfg, tokenizer, corpus, runtime)`; a chat stage (`parent` given, see llm.train.lineage)
-    starts from the parent's newest weights with the parent's tokenizer, on its mixture, and counts
-    its epoch from the conversations when the budget asks for one.
+    starts from the parent's newest weights with the parent's tokenizer, on its mixture (`chat`, read
+    here unless given), and counts its epoch from the conversations when the budget asks for one.
     """
     base = base_dir(cfg.base_dir)
     if parent is None:
@@ -122,7 +122,7 @@ def build_run(cfg: DictConfig, runtime: Runtime, loaders: Callable[..., Loaders]
         data = loaders(cfg, tok, corpus_dir, runtime)
     else:
         corpus_dir, tok = None, Tokenizer.load(parent.run_dir / TOKENIZER_DIR)
-        chat = master_first(runtime, lambda: ChatData.of(cfg))  # rank 0 writes generated files, downloads
+        chat = chat or master_first(runtime, lambda: ChatData.of(cfg))  # rank 0 writes generated files, downloads
         plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
         if plan.num_iterations is None:  # budget=epochs
             steps = chat.steps_per_epoch(cfg, tok, plan.grad_accum_steps, runtime.world_size)

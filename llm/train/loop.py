@@ -33,6 +33,7 @@ from llm.model import attention
 from llm.optim.schedules import apply_schedules
 from llm.train import build, checkpoint
 from llm.train import runtime as runtimes
+from llm.train.chat_data import ChatData
 from llm.train.lineage import adopt_parent
 from llm.train.preemption import StopSignal
 from llm.train.progress import Progress
@@ -70,13 +71,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         return finished
     runtime = runtimes.start(cfg.device, cfg.dtype, cfg.seed, cfg.base_dir, run.recorded_dtype())
     stop = StopSignal()
-    if runtime.is_master:
-        run.bind(config, OmegaConf.to_yaml(cfg, resolve=True), runtime.dtype_name, lineage)
-        run.set_status("starting")  # building data and model; "running" once the loop starts
     try:
-        summary = Trainer(cfg, build.build_run(cfg, runtime, parent=parent), run, stop).run()
-    except BaseException:
+        # A stage's conversations are read before anything is written: a bad mixture leaves no trace.
+        chat = build.master_first(runtime, lambda: ChatData.of(cfg)) if parent else None
         if runtime.is_master:
+            run.bind(config, OmegaConf.to_yaml(cfg, resolve=True), runtime.dtype_name, lineage)
+            run.set_status("starting")  # building data and model; "running" once the loop starts
+        summary = Trainer(cfg, build.build_run(cfg, runtime, parent=parent, chat=chat), run, stop).run()
+    except BaseException:
+        if runtime.is_master and run.read_summary() is not None:
             run.set_status("failed")  # the numbers stay those of the last step that was published
         raise
     finally:
