@@ -77,7 +77,7 @@ def test_report_of_an_rl_run_covers_its_whole_chain(rl_chain):
     # The base evaluation, the ChatCORE table with one column per chat stage, and the reward.
     assert "val **3.4567**" in text and "hellaswag_zeroshot | 0.2600 | 0.0133" in text
     chat = text[text.index("## ChatCORE"):]
-    assert "| task | mid (mid) | sft (sft) | rl (rl) |" in chat
+    assert "| task | mid | sft | rl |" in chat
     assert "| quiz_facts | 0.3125 (n=32) | 0.4375 (n=32) | 0.5000 (n=32) |" in chat
     assert "| gsm_symbolic | — | — | 0.0625 (n=32) |" in chat
     assert "**0.2569**" in chat
@@ -88,7 +88,7 @@ def test_report_of_an_rl_run_covers_its_whole_chain(rl_chain):
     assert "| vocabulary size |" in text and "compression (bytes per token)" in text
     # A sample conversation from each chat stage's checkpoint.
     for stage in ("mid", "sft", "rl"):
-        assert f"### {stage} ({stage})" in text
+        assert f"### {stage}" in text
     assert text.count("> **user:** What is 12 times 7?") == 3
     # One valid PNG per stage, each linked from the report.
     figures = sorted((rl / "report").glob("*.png"))

@@ -22,6 +22,7 @@ from llm.data.tokenizer import Tokenizer
 from llm.report.chain import CHAT_STAGES, Stage, stage_chain
 from llm.report.conversations import sample_conversations
 from llm.report.plots import curves, numeric_series
+from llm.train.checkpoint import CheckpointError
 from llm.train.rundir import TOKENIZER_DIR, git_commit, write_atomic
 
 REPORT_FILE = "report.md"
@@ -198,9 +199,16 @@ def conversations_section(chain: list[Stage], settings) -> list[str]:
     chat_stages = [s for s in chain if s.stage in CHAT_STAGES and (s.path / "checkpoints").is_dir()]
     for stage in chat_stages:
         lines += [f"### {stage.name}", ""]
-        for talk in sample_conversations(stage.path, list(settings.sample_prompts), settings.sample_tokens,
-                                         settings.seed):
-            lines += [f"> **user:** {talk['prompt']}", ">", f"> **assistant:** {talk['reply'] or '(empty)'}", ""]
+        try:
+            talks = sample_conversations(stage.path, list(settings.sample_prompts), settings.sample_tokens,
+                                         settings.seed)
+        except (CheckpointError, FileNotFoundError) as error:  # the rest of the report is still worth having
+            lines += [f"No samples: {str(error).splitlines()[0]}", ""]
+            continue
+        for talk in talks:
+            reply = (talk["reply"] or "(empty)").splitlines()
+            lines += [f"> **user:** {talk['prompt']}", ">", f"> **assistant:** {reply[0]}",
+                      *(f"> {line}" for line in reply[1:]), ""]
     return lines if chat_stages else []
 
 

@@ -34,7 +34,8 @@ class Stage:
 
     @property
     def name(self) -> str:
-        return f"{self.stage} ({self.path.name})"
+        """The stage, and its directory's name where that says more."""
+        return self.stage if self.path.name == self.stage else f"{self.stage} ({self.path.name})"
 
 
 def _read_json(path: Path, what: str) -> dict:
