@@ -92,7 +92,7 @@ def test_report_of_an_rl_run_covers_its_whole_chain(rl_chain):
     assert text.count("> **user:** What is 12 times 7?") == 3
     # One valid PNG per stage, each linked from the report.
     figures = sorted((rl / "report").glob("*.png"))
-    assert [p.name for p in figures] == ["base_base.png", "mid_mid.png", "rl_rl.png", "sft_sft.png"]
+    assert [p.name for p in figures] == ["base_base.png", "chatcore.png", "mid_mid.png", "rl_rl.png", "sft_sft.png"]
     for figure in figures:
         assert f"(report/{figure.name})" in text
         with Image.open(figure) as image:
@@ -121,3 +121,25 @@ def test_a_broken_parent_link_is_one_line_and_exit_2(rl_chain, tmp_path):
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("llm.report: error:")
     assert sorted(p.name for p in orphan.iterdir()) == ["identity.json"]
+
+
+def test_a_base_run_alone_has_no_chat_sections(trained_run, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(trained_run, base)
+    text = render(base).read_text()
+    assert "| base |" in text.splitlines()[6] and "## Base model: base" in text
+    assert "Not evaluated: `python -m llm.evaluate" in text
+    assert "## ChatCORE" not in text and "## Sample conversations" not in text
+    assert [p.name for p in (base / "report").iterdir()] == ["base_base.png"]
+
+
+def test_a_parent_cycle_and_a_headless_chain_are_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path, parent, stage in ((a, b, "sft"), (b, a, "mid")):
+        path.mkdir()
+        (path / "identity.json").write_text(json.dumps({"stage": stage, "parent": {"run_dir": str(parent)}}))
+    with pytest.raises(ReportError, match="already in its chain"):
+        stage_chain(a)
+    (b / "identity.json").write_text(json.dumps({"stage": "mid", "parent": None}))
+    with pytest.raises(ReportError, match="starts at .* a mid run with no parent"):
+        stage_chain(a)

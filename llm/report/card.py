@@ -21,7 +21,7 @@ from llm.data.shards import list_shards
 from llm.data.tokenizer import Tokenizer
 from llm.report.chain import CHAT_STAGES, Stage, stage_chain
 from llm.report.conversations import sample_conversations
-from llm.report.plots import curves, numeric_series
+from llm.report.plots import chat_bars, curves, numeric_series
 from llm.train.checkpoint import CheckpointError
 from llm.train.rundir import TOKENIZER_DIR, git_commit, write_atomic
 
@@ -175,7 +175,7 @@ def base_section(base: Stage, out: Path) -> list[str]:
     return lines
 
 
-def chatcore_table(chain: list[Stage]) -> list[str]:
+def chatcore_table(chain: list[Stage], out: Path) -> list[str]:
     evaluated = [s for s in chain if s.evaluation.get("chat")]
     if not evaluated:
         return []
@@ -188,8 +188,10 @@ def chatcore_table(chain: list[Stage]) -> list[str]:
     rows = [[name, *(cell(s, name) for s in evaluated)] for name in names]
     rows.append(["**ChatCORE**", *(f"**{number(s.evaluation['chat'].get('score'))}**" for s in evaluated)])
     suite = evaluated[-1].evaluation["chat"].get("name") or evaluated[-1].evaluation["chat"].get("suite", "")
+    chat_bars({s.name: {name: task["accuracy"] for name, task in s.evaluation["chat"]["tasks"].items()}
+               for s in evaluated}, out / "chatcore.png")
     return ["## ChatCORE", "", f"Suite `{suite}`: accuracy per task (problems scored).", "",
-            *table(["task", *(s.name for s in evaluated)], rows)]
+            *table(["task", *(s.name for s in evaluated)], rows), f"![chat tasks by stage]({FIGURES_DIR}/chatcore.png)", ""]
 
 
 def conversations_section(chain: list[Stage], settings) -> list[str]:
@@ -229,7 +231,7 @@ def render(path: str | Path) -> Path:
         lines += [f"## {stage.stage.upper()}: {stage.path.name}", "",
                   f"From {stage.parent['run_dir']} at step {stage.parent.get('checkpoint_step', '—')}.", "",
                   *figure(stage, out), *final_metrics(stage)]
-    lines += [*chatcore_table(chain), *conversations_section(chain, settings)]
+    lines += [*chatcore_table(chain, out), *conversations_section(chain, settings)]
     report = newest.path / REPORT_FILE
     write_atomic(report, "\n".join(lines).rstrip() + "\n")
     return report

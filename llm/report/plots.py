@@ -61,3 +61,21 @@ def curves(metrics: list[dict], title: str, path: Path) -> bool:
     figure.tight_layout()
     save_atomic(figure, path)
     return True
+
+
+def chat_bars(columns: dict[str, dict[str, float]], path: Path) -> None:
+    """Grouped bars of each chat task's accuracy, one colour per stage ({stage: {task: accuracy}})."""
+    tasks = list(dict.fromkeys(task for accuracies in columns.values() for task in accuracies))
+    width = 0.8 / len(columns)
+    figure, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(tasks) * len(columns) ** 0.5), 3.2))
+    for i, (stage, accuracies) in enumerate(columns.items()):
+        positions = [t + (i - (len(columns) - 1) / 2) * width for t in range(len(tasks))]
+        ax.bar(positions, [accuracies.get(task, 0.0) for task in tasks], width, label=stage)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("chat tasks by stage", fontsize=11)
+    figure.tight_layout()
+    save_atomic(figure, path)
