@@ -2,9 +2,9 @@
 
 import argparse
 
+from llm.cli import exit_on
 from llm.report.card import render
 from llm.report.chain import ReportError
-from llm.cli import exit_on
 
 
 def main(argv: list[str] | None = None) -> None:
