@@ -31,7 +31,7 @@ import tiktoken
 import torch
 
 from llm.cli import exit_on
-from llm.config.derived import ModelShape, flops_per_token, parameter_counts, scaling_params
+from llm.config.derived import ModelShape, describe_shape
 from llm.data.paths import publish_directory
 from llm.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, token_bytes
 from llm.model.gpt import GPT
@@ -139,15 +139,6 @@ def read_nanochat_weights(path: Path, shape: ModelShape) -> dict:
     return state
 
 
-def plan_of(shape: ModelShape) -> dict:
-    """The shape part of a training plan, which is all an imported model has."""
-    counts = parameter_counts(shape)
-    return {"depth": shape.depth, "model_dim": shape.model_dim, "n_head": shape.n_head,
-            "n_kv_head": shape.n_kv_head, "head_dim": shape.head_dim, "sequence_len": shape.sequence_len,
-            "window_pattern": shape.window_pattern, "vocab_size": shape.vocab_size, "params": counts,
-            "scaling_params": scaling_params(counts), "flops_per_token": flops_per_token(shape, counts)}
-
-
 def default_tokenizer_path(src: Path) -> Path:
     for candidate in (src / TOKENIZER_DIR, src.parent.parent / TOKENIZER_DIR):
         if (candidate / "tokenizer.pkl").is_file():
@@ -178,7 +169,7 @@ def from_nanochat(src: Path, dst: Path, step: int | None = None, tokenizer_path:
                       "map onto this project's, so the imported run can be evaluated, chatted with and "
                       "fine-tuned but not resumed bit-exactly")
 
-    plan = plan_of(shape)
+    plan = describe_shape(shape)
     # The training-loop figures nanochat records, under our loop state's names; the original meta is kept whole.
     nanochat_loop = nanochat_meta.get("loop_state", {})
     loop = {"step": step, "val_bpb": nanochat_meta.get("val_bpb"), "min_val_bpb": nanochat_loop.get("min_val_bpb"),

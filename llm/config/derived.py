@@ -7,7 +7,7 @@ truth; a test holds these counts equal to the real model's at several depths.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -107,6 +107,13 @@ def flops_per_token(shape: ModelShape, counts: Mapping[str, int]) -> int:
 def scaling_params(counts: Mapping[str, int]) -> int:
     """The parameter count the horizon and the scaling laws use: transformer matrices plus lm_head."""
     return counts["transformer_matrices"] + counts["lm_head"]
+
+
+def describe_shape(shape: ModelShape) -> dict:
+    """A shape and what follows from it alone (parameters, FLOPs per token), as plain data."""
+    counts = parameter_counts(shape)
+    return {**asdict(shape), "params": counts, "scaling_params": scaling_params(counts),
+            "flops_per_token": flops_per_token(shape, counts)}
 
 
 def num_iterations(budget: Mapping, n_scaling: int, flops_token: int, total_batch_size: int,
@@ -279,17 +286,10 @@ class Plan:
 
     def describe(self) -> dict:
         """The plan as plain data, as dry_run prints it and sweeps record it."""
-        s = self.shape
-        return {
-            "depth": s.depth, "model_dim": s.model_dim, "n_head": s.n_head, "n_kv_head": s.n_kv_head,
-            "head_dim": s.head_dim, "sequence_len": s.sequence_len, "window_pattern": s.window_pattern,
-            "vocab_size": s.vocab_size, "params": dict(self.params), "scaling_params": self.scaling_params,
-            "flops_per_token": self.flops_per_token, "num_iterations": self.num_iterations,
-            "total_batch_size": self.total_batch_size, "examples_per_step": self.examples_per_step,
-            "grad_accum_steps": self.grad_accum_steps,
-            "total_tokens": self.total_tokens, "total_flops": self.total_flops,
-            "tokens_per_param": self.tokens_per_param,
-        }
+        return {**describe_shape(self.shape), "num_iterations": self.num_iterations,
+                "total_batch_size": self.total_batch_size, "examples_per_step": self.examples_per_step,
+                "grad_accum_steps": self.grad_accum_steps, "total_tokens": self.total_tokens,
+                "total_flops": self.total_flops, "tokens_per_param": self.tokens_per_param}
 
 
 def check_stage(cfg: Mapping) -> None:
