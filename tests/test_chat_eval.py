@@ -170,9 +170,14 @@ def test_generative_runs_the_calculator_and_passes_when_any_sample_passes():
     task = ArithmeticTask(["42", "7", "5"])
     engine = RecordingEngine(ScriptedModel(scripts, 0), BYTES)
     counts = score_generative(engine, BYTES, task, problems=3, cfg=settings(num_samples=2, max_new_tokens=32))
-    assert counts == Counts(passed=2, total=3)  # 42 by the tool's answer, 7 by the first sample, 5 by neither
+    # 42 by the tool's answer, 7 by the first sample, 5 by neither; all six replies end their turn
+    assert counts == Counts(passed=2, total=3, replies=6, ended=6)
     assert " <|python_start|>6*7<|python_end|><|output_start|>42<|output_end|> 42" in task.replies
     assert len(engine.prompts) == 3 and engine.prompts[0] == BYTES.render_for_completion(task[0])
+    # With 6 new tokens the calculator sample runs out before its turn ends; the short one still ends.
+    short = score_generative(RecordingEngine(ScriptedModel(scripts, 0), BYTES), BYTES, ArithmeticTask(["42", "7", "5"]),
+                             problems=3, cfg=settings(num_samples=2, max_new_tokens=6))
+    assert (short.replies, short.ended) == (6, 3)
 
 
 class AdditionCodeTask:
@@ -200,7 +205,7 @@ def test_humaneval_style_task_runs_in_the_real_sandbox():
     reply = [*AdditionCodeTask.PROMPT.encode(), *b"    return a + b\n", ASSISTANT_END]
     engine = RecordingEngine(ScriptedModel([reply], 0), BYTES)
     counts = score_generative(engine, BYTES, AdditionCodeTask(), problems=2, cfg=settings(max_new_tokens=40))
-    assert counts == Counts(passed=1, total=2)
+    assert counts == Counts(passed=1, total=2, replies=2, ended=2)
 
 
 def test_suite_score_is_the_mean_centered_accuracy_with_the_reference_baselines():

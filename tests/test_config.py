@@ -14,6 +14,7 @@ from llm.config.cadence import is_due
 from llm.config.derived import ModelShape
 from llm.data.fineweb import LAST_SHARD, _linked_view, shard_indices, shard_name
 from llm.model.gpt import GPT
+from llm.tasks.registry import TASKS
 from tests.conftest import REPO, compose_config
 
 
@@ -166,22 +167,45 @@ def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-GROUPS = sorted(path.name for path in CONF_DIR.iterdir() if path.is_dir() and path.name not in ("hydra", "experiment", "sweep"))
+# chat_eval is not chosen on its own: it fills eval.chat (eval=chat, stage=sft).
+GROUPS = sorted(path.name for path in CONF_DIR.iterdir()
+                if path.is_dir() and path.name not in ("hydra", "experiment", "sweep", "chat_eval"))
+CHAT_STAGE = ["stage=sft", "init_from=runs/parent"]  # a dry run plans a stage without reading its parent
+
+
+def companions(choice: str, tmp_path) -> list[str]:
+    """What a choice needs beside it to make a whole run."""
+    if choice == "data=parquet":
+        return [f"data.path={tmp_path}"]
+    if choice in ("stage=mid", "stage=sft"):
+        return ["init_from=runs/parent"]
+    if choice == "budget=epochs":
+        return CHAT_STAGE
+    if choice.startswith("stage/mixture="):
+        return [f"stage={choice.removeprefix('stage/mixture=').split('_')[-1]}", "init_from=runs/parent"]
+    return []
 
 
 @pytest.mark.parametrize("choice", [f"{group}={option}" for group in GROUPS for option in options(group)]
+                         + [f"stage/mixture={option}" for option in options("stage/mixture")]
                          + [f"experiment={option}" for option in options("experiment")]
                          + [f"sweep={option}" for option in options("sweep")])
 def test_every_config_composes_and_plans(choice, tmp_path):
-    extra = [f"data.path={tmp_path}"] if choice == "data=parquet" else []
-    cfg = compose_config(choice, *extra, "dry_run=true")
+    cfg = compose_config(*companions(choice, tmp_path), choice, "dry_run=true")
     plan = derived.plan(cfg)  # what the dry run prints
-    assert plan.num_iterations >= 1 and plan.params["total"] > 0
+    assert plan.params["total"] > 0
+    if cfg.budget.name == "epochs":  # counted once the mixture is loaded
+        assert plan.num_iterations is None and cfg.stage.mixture and "epoch" in plan.report()
+    else:
+        assert plan.num_iterations >= 1
     group, option = choice.split("=")
     if group == "model":
         assert cfg.model.depth == int(option.removeprefix("d"))
-    elif group in ("budget", "data", "dataloader", "optim"):
+    elif group in ("budget", "data", "dataloader", "optim", "stage"):
         assert cfg[group].name == option
+    elif group == "stage/mixture":
+        entries = [entry for split in ("train", "val") for entry in cfg.stage.mixture[split].values()]
+        assert cfg.stage.mixture.train and cfg.stage.mixture.val and all(entry.task in TASKS for entry in entries)
 
 
 def test_the_cpu_sweeps_share_the_tiny_cpu_preset():

@@ -104,6 +104,7 @@ def spelled(word: str) -> str:
 
 class _Spelling(Task):
     base_name = "spelling"
+    word_shuffle_seed: int | None = None
 
     def __init__(self, size: int = 1000, split: str = "train", words: str = "wamerican",
                  base: str | None = None, **view):
@@ -112,6 +113,8 @@ class _Spelling(Task):
         self.use_split(split)
         self.size = size
         self.words = read_words(words, base)
+        if self.word_shuffle_seed is not None:
+            random.Random(self.word_shuffle_seed).shuffle(self.words)
 
     def num_examples(self) -> int:
         return self.size
@@ -153,9 +156,7 @@ class SpellingBee(_Spelling):
 class SimpleSpelling(_Spelling):
     base_name = "simple_spelling"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        random.Random(42).shuffle(self.words)  # not the order SpellingBee draws from
+    word_shuffle_seed = 42  # not the order SpellingBee draws from
 
     def get_example(self, index: int) -> Conversation:
         word = self.example_rng(index).choice(self.words)
