@@ -67,7 +67,7 @@ def check_limits(request: ChatRequest) -> None:
     total = 0
     for index, message in enumerate(request.messages):
         length = len(_text_of(message.content))
-        if length == 0:
+        if length == 0 and message.role != "assistant":  # a model may well have replied nothing
             raise RequestError(f"message {index} is empty: every message needs some content")
         if length > MAX_MESSAGE_CHARS:
             raise RequestError(f"message {index} has {length} characters: at most {MAX_MESSAGE_CHARS} "
@@ -95,14 +95,14 @@ def stop_strings(request: CompletionRequest) -> list[str]:
 def prompt_tokens(tokenizer, request: ChatRequest, context: int) -> list[int]:
     """The conversation rendered as fine-tuning renders it, then <|assistant_start|>."""
     messages = [message.model_dump() for message in request.messages]
-    if messages[-1]["role"] != "user":
-        raise RequestError(f"message {len(messages) - 1} is from {messages[-1]['role']}: the conversation must "
-                           "end with a user message for the model to answer")
     try:
         # Uncut: a conversation past the context is refused below rather than silently shortened.
         rendered = tokenizer.render_conversation({"messages": messages}, max_tokens=sys.maxsize)[0]
     except ValueError as error:
         raise RequestError(str(error))
+    if messages[-1]["role"] != "user":
+        raise RequestError(f"message {len(messages) - 1} is from {messages[-1]['role']}: the conversation must "
+                           "end with a user message for the model to answer")
     prompt = [*rendered, tokenizer.encode_special(ASSISTANT_START)]
     if len(prompt) >= context:
         raise RequestError(f"the conversation is {len(prompt)} tokens but the model's context is {context}: "
