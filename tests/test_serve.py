@@ -2,19 +2,15 @@
 concurrent streams, bad requests, a client that leaves mid-stream, and the page in a real Chromium."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from llm.bench.serve import running_server
 from llm.inference.engine import Engine
 from llm.inference.reply_text import ReplyText, readable
 from llm.model import attention
@@ -36,33 +32,9 @@ def serve_run(tmp_path_factory, llm_home) -> Path:
     return run
 
 
-@contextmanager
-def server(run: Path, *flags: str):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "llm.serve", str(run), "--port", str(port), "--device", "cpu",
-                                *flags], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited: {process.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def url(serve_run):
-    with server(serve_run) as address:
+    with running_server(serve_run, device="cpu") as address:
         yield address
 
 
@@ -71,10 +43,10 @@ def greedy_reply(run: Path, message: str, max_tokens: int) -> str:
     attention.set_backend("sdpa")
     model, tokenizer, _ = load_model(run)
     prompt = tokenizer.render_conversation({"messages": [{"role": "user", "content": message}]})[0]
-    text, shown = ReplyText(tokenizer), []
-    for column, _ in Engine(model, tokenizer).generate(prompt + [tokenizer.encode_special("<|assistant_start|>")],
-                                                       max_tokens=max_tokens, temperature=0.0):
-        if column[0] in Engine(model, tokenizer).stop_tokens:
+    engine, text, shown = Engine(model, tokenizer), ReplyText(tokenizer), []
+    for column, _ in engine.generate(prompt + [tokenizer.encode_special("<|assistant_start|>")],
+                                     max_tokens=max_tokens, temperature=0.0):
+        if column[0] in engine.stop_tokens:
             break
         shown.append(readable(text.add(column[0])))
     return "".join(shown) + readable(text.finish())
@@ -188,7 +160,7 @@ def test_malformed_json_is_refused_and_the_server_stays_up(url):
 
 
 def test_a_client_leaving_mid_stream_frees_its_row(serve_run):
-    with server(serve_run, "--rows", "1") as address:
+    with running_server(serve_run, "--rows", "1", device="cpu") as address:
         body = {"messages": [{"role": "user", "content": "tell me everything"}], "temperature": 0, "max_tokens": 4000}
         with httpx.stream("POST", f"{address}/chat/completions", json=body, timeout=60) as response:
             for number, _ in enumerate(response.iter_lines()):
