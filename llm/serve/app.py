@@ -42,20 +42,25 @@ class Completion:
         self.finish_reason: str | None = None
 
     async def pieces(self):
+        """Batches of pieces: whatever arrived since the last one (a slow reader gets fewer, larger batches)."""
         self.pool.submit(self.request)
         try:
-            while True:
-                kind, value = await self.request.events.get()
-                if kind == "error":
-                    raise RuntimeError(value)
-                if kind == "end":
-                    self.finish_reason = value
-                    for piece in self.text.finish():
-                        yield piece
-                    return
-                self.tokens += 1
-                for piece in self.text.add(value):
-                    yield piece
+            while self.finish_reason is None:
+                events = [await self.request.events.get()]
+                while not self.request.events.empty():
+                    events.append(self.request.events.get_nowait())
+                batch = []
+                for kind, value in events:
+                    if kind == "error":
+                        raise RuntimeError(value)
+                    if kind == "end":
+                        self.finish_reason = value
+                        batch += self.text.finish()
+                        break
+                    self.tokens += 1
+                    batch += self.text.add(value)
+                if batch:
+                    yield batch
         finally:
             if self.finish_reason is None:  # the reader stopped early or went away
                 self.request.cancelled = True
@@ -64,8 +69,8 @@ class Completion:
         """The reply as readable text (tool calls inline), cut at the first stop string."""
         watch = StopWatch(stops)
         async with aclosing(self.pieces()) as pieces:
-            async for piece in pieces:
-                text, stopped = watch.feed(readable([piece]))
+            async for batch in pieces:
+                text, stopped = watch.feed(readable(batch))
                 if text:
                     yield text
                 if stopped:
@@ -113,9 +118,9 @@ def build_app(pool: Pool, tokenizer, context: int, defaults: Sampling, model_id:
 
         async def events():
             try:
-                async for piece in completion.pieces():
-                    if piece.text:
-                        yield _sse({"token": piece.text, "part": piece.kind})
+                async for batch in completion.pieces():
+                    if events := "".join(_sse({"token": p.text, "part": p.kind}) for p in batch if p.text):
+                        yield events
             except RuntimeError as failure:
                 yield _sse({"error": str(failure)})
                 return

@@ -8,7 +8,8 @@ replica grow with the number of streams until the matmuls stop being memory-boun
 
 Requests beyond the rows of every replica wait in a replica's queue. Each request samples with its
 own settings and its own seeded generator, so what it produces does not depend on its neighbours.
-Events go back to the asyncio side through the request's queue, on the event loop's thread.
+Events go back to the asyncio side through the request's queue, on the event loop's thread: those
+of one step in one hand-over, since waking the event loop once per token costs more than the step.
 """
 
 import asyncio
@@ -43,8 +44,11 @@ class Request:
     cancelled: bool = False  # set by the client's side when it goes away
     submitted: float = field(default_factory=time.perf_counter)
 
-    def publish(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
 
 
 class _Stream:
@@ -68,6 +72,7 @@ class Replica:
         self.cache = RowCache.for_model(model, rows=rows, capacity=model.config.sequence_len)
         self.waiting: queue.Queue[Request] = queue.Queue()
         self.streams: list[_Stream] = []  # streams[r] decodes in cache row r
+        self._outbox: list[tuple[Request, tuple]] = []  # events of this step, handed over together
         self.counters = {"requests_finished": 0, "requests_cancelled": 0, "tokens_generated": 0, "decode_steps": 0}
         self._thread = threading.Thread(target=self._run, name=f"replica-{name}", daemon=True)
         self._thread.start()
@@ -93,9 +98,21 @@ class Replica:
                         self._step()
                 except Exception as error:  # a failed step ends its requests, never the replica
                     for stream in self.streams:
-                        stream.request.publish("error", f"{type(error).__name__}: {error}")
+                        self._publish(stream.request, "error", f"{type(error).__name__}: {error}")
                     self.streams.clear()
                     self.cache.active = 0
+                self._hand_over()
+
+    def _publish(self, request: Request, *event) -> None:
+        self._outbox.append((request, event))
+
+    def _hand_over(self) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for request, event in self._outbox:
+            by_loop.setdefault(request.loop, []).append((request.events, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _admit(self) -> None:
         while len(self.streams) < self.cache.rows:
@@ -142,7 +159,7 @@ class Replica:
             if stream.decoder.stopped:
                 self._finish(stream, "stop")
                 continue
-            stream.request.publish("token", token)
+            self._publish(stream.request, "token", token)
             self.counters["tokens_generated"] += 1
             stream.next_input = token
             # The token must still fit in the row (it is fed at the next step).
@@ -151,7 +168,7 @@ class Replica:
 
     def _finish(self, stream: _Stream, reason: str) -> None:
         stream.finished = True
-        stream.request.publish("end", reason)
+        self._publish(stream.request, "end", reason)
         self.counters["requests_finished"] += 1
 
     def _release(self) -> None:
