@@ -221,3 +221,14 @@ def test_the_page_streams_a_reply_in_chromium(url, serve_run):
         assert driver.find_elements(By.CSS_SELECTOR, ".message") == []
     finally:
         driver.quit()
+
+
+def test_serve_benchmark_reports_every_concurrency(serve_run):
+    from llm.bench.serve import CONCURRENCY, benchmark_serve
+
+    result = benchmark_serve(serve_run, max_tokens=6, device="cpu")
+    for streams in CONCURRENCY:
+        assert streams <= result[f"tokens@{streams}"] <= 6 * streams
+        assert result[f"tokens_per_sec@{streams}"] > 0
+        assert 0 < result[f"ttft_p50_ms@{streams}"] <= result[f"ttft_p95_ms@{streams}"]
+    assert result["speedup_32_vs_1"] == result["tokens_per_sec@32"] / result["tokens_per_sec@1"]
