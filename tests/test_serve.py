@@ -5,17 +5,24 @@ import json
 import shutil
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from llm.bench.serve import running_server
 from llm.inference.engine import Engine
 from llm.inference.reply_text import ReplyText, readable
+from llm.config.derived import ModelShape
 from llm.model import attention
+from llm.model.kv_cache import KVCache
+from llm.serve.app import build_app
+from llm.serve.scheduler import Pool, Replica, Sampling
 from llm.train.load import load_model
 from tests.conftest import REPO, TINY_RUN
+from tests.engine_fakes import byte_tokenizer
 
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -232,3 +239,53 @@ def test_serve_benchmark_reports_every_concurrency(serve_run):
         assert result[f"tokens_per_sec@{streams}"] > 0
         assert 0 < result[f"ttft_p50_ms@{streams}"] <= result[f"ttft_p95_ms@{streams}"]
     assert result["speedup_32_vs_1"] == result["tokens_per_sec@32"] / result["tokens_per_sec@1"]
+
+
+class ScriptedRows(torch.nn.Module):
+    """A stand-in model whose greedy reply follows a script, for rows of a RowCache or a prefill cache.
+
+    The real model never writes a calculator call this early in training; this one does, so the
+    tool path of a live app (forced output tokens, parts in the stream) is exercised end to end.
+    """
+
+    def __init__(self, script: list[int], prompt_len: int):
+        super().__init__()
+        self.script, self.prompt_len = script, prompt_len
+        self.config = ModelShape(depth=1, model_dim=32, n_head=2, n_kv_head=2, head_dim=16, sequence_len=128,
+                                 window_pattern="L", vocab_size=265)
+        self.anchor = torch.nn.Linear(1, 1, bias=False)  # where the scheduler reads device and dtype
+
+    def forward(self, ids, kv_cache):
+        rows, new = ids.shape
+        lengths = [kv_cache.filled] * rows if isinstance(kv_cache, KVCache) else kv_cache.lengths[:rows]
+        logits = torch.zeros(rows, new, self.config.vocab_size)
+        for row in range(rows):
+            step = lengths[row] + new - self.prompt_len
+            if step < len(self.script) and self.script[step] is not None:
+                logits[row, -1, self.script[step]] = 10.0
+        kv_cache.commit(new)
+        return logits
+
+
+def test_tool_calls_stream_as_parts_and_as_readable_text():
+    from fastapi.testclient import TestClient
+
+    tokenizer = byte_tokenizer()
+    special = tokenizer.encode_special
+    script = [*b"it is ", special("<|python_start|>"), *b"6*7", special("<|python_end|>"), None, None, None, None,
+              *b" ok", special("<|assistant_end|>")]
+    prompt = tokenizer.render_conversation({"messages": [{"role": "user", "content": "6 times 7?"}]})[0]
+    model = ScriptedRows(script, prompt_len=len(prompt) + 1)
+    pool = Pool([Replica("test", model, tokenizer, nullcontext(), rows=4)])
+    defaults = Sampling(max_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=0)
+    client = TestClient(build_app(pool, tokenizer, context=128, defaults=defaults, model_id="scripted"))
+    body = {"messages": [{"role": "user", "content": "6 times 7?"}], "temperature": 0}
+    events = [json.loads(line[6:]) for line in client.post("/chat/completions", json=body).text.splitlines()
+              if line.startswith("data: ")]
+    parts = {}
+    for event in events[:-1]:
+        parts[event["part"]] = parts.get(event["part"], "") + event["token"]
+    assert parts == {"text": "it is  ok", "python": "6*7", "python_output": "42"}
+    assert events[-1]["done"] and events[-1]["finish_reason"] == "stop"
+    whole = client.post("/v1/chat/completions", json=body).json()
+    assert whole["choices"][0]["message"]["content"] == "it is [python: 6*7][output: 42] ok"
