@@ -99,6 +99,10 @@ def test_openai_client_streamed_and_not(url, serve_run):
     again = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "hi"}], n=3,
                                            max_tokens=6, temperature=1.0, seed=7, extra_body={"top_k": 20})
     assert [c.message.content for c in again.choices] == [c.message.content for c in sampled.choices]
+    # A nucleus this small holds only the most likely token: sampling at temperature 1 is then greedy.
+    nucleus = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "hello there"}],
+                                             max_tokens=12, temperature=1.0, top_p=1e-6, seed=3)
+    assert nucleus.choices[0].message.content == expected
     stop = expected[3:5]
     cut = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "hello there"}],
                                          max_tokens=12, temperature=0, stop=[stop])
