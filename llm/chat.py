@@ -19,8 +19,9 @@ import sys
 
 from llm.cli import exit_on
 from llm.config.derived import ConfigError
-from llm.data.conversation import ASSISTANT_START, OUTPUT_END, OUTPUT_START, PYTHON_END, PYTHON_START
+from llm.data.conversation import ASSISTANT_START
 from llm.inference.engine import Engine
+from llm.inference.reply_text import ReplyText, readable
 from llm.model import attention
 from llm.train import runtime as runtimes
 from llm.train.checkpoint import CheckpointError
@@ -35,39 +36,15 @@ class Reply:
     """One assistant reply as it streams: shown readably on `out` and kept as the format's parts."""
 
     def __init__(self, tokenizer, out):
-        self.tokenizer, self.out = tokenizer, out
-        special = tokenizer.encode_special
-        # Each tool delimiter: the part that follows it and how it is shown.
-        self.delimiters = {special(PYTHON_START): ("python", "[python: "), special(PYTHON_END): ("text", "]"),
-                           special(OUTPUT_START): ("python_output", "[output: "), special(OUTPUT_END): ("text", "]")}
-        self.parts: list[dict] = []
-        self.kind, self.ids, self.shown = "text", [], ""
+        self.text, self.out = ReplyText(tokenizer), out
 
     def add(self, token: int) -> None:
-        if token in self.delimiters:
-            self._end_part()
-            self.kind, label = self.delimiters[token]
-            self._write(label)
-            return
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        # A token may end inside a multi-byte character; hold it back until the rest arrives.
-        if not text.endswith("\ufffd"):
-            self._write(text[len(self.shown):])
-            self.shown = text
+        self._write(readable(self.text.add(token)))
 
     def finish(self) -> list[dict]:
         """The reply's parts (a reply cut short keeps what it has), after ending the line on `out`."""
-        self._end_part()
-        self._write("\n")
-        return self.parts
-
-    def _end_part(self) -> None:
-        text = self.tokenizer.decode(self.ids)
-        self._write(text[len(self.shown):])
-        if text:
-            self.parts.append({"type": self.kind, "text": text})
-        self.ids, self.shown = [], ""
+        self._write(readable(self.text.finish()) + "\n")
+        return self.text.parts
 
     def _write(self, text: str) -> None:
         self.out.write(text)

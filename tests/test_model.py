@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from llm.model import GPT, KVCache, ModelShape, attention, set_backend
+from llm.model.kv_cache import RowCache
 from llm.model.gpt import apply_rotary
 
 
@@ -265,6 +266,41 @@ def test_one_prompt_prefilled_into_several_rows():
     decoded = model(continuations, kv_cache=cache)
     full = model(torch.cat([prompt.expand(2, 5), continuations], dim=1))
     torch.testing.assert_close(decoded[:, 0], full[:, -1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pattern", ["L", "SL"])
+@torch.no_grad()
+def test_rows_at_their_own_lengths_decode_as_if_alone(pattern):
+    # Three prompts of different lengths join a RowCache at different steps; one finishes and the
+    # last row moves into its place. Every row's logits stay those of its own full forward.
+    model = tiny_model(window_pattern=pattern)
+    perturb(model)
+    sequences = torch.randint(0, 1000, (3, 16), generator=torch.Generator().manual_seed(1))
+    starts = [3, 6, 5]  # prompt lengths; row r joins at step r
+    full = model(sequences)
+    cache = RowCache.for_model(model, rows=3, capacity=16)
+    owners, decoded = [], {r: [] for r in range(3)}  # owners[row] = which sequence the row holds
+    for step in range(9):
+        if step < 3:
+            prompt_cache = KVCache.for_model(model, rows=1, capacity=starts[step])
+            model(sequences[step : step + 1, : starts[step]], kv_cache=prompt_cache)
+            cache.load(len(owners), prompt_cache)
+            owners.append(step)
+            cache.active = len(owners)
+        if step == 6:  # sequence 0 leaves; the last row takes its place
+            cache.move(len(owners) - 1, 0)
+            owners = [owners[-1], *owners[1:-1]]
+            cache.active = len(owners)
+        column = torch.stack([sequences[s, cache.lengths[row]] for row, s in enumerate(owners)]).unsqueeze(1)
+        positions = list(cache.lengths[: cache.active])
+        logits = model(column, kv_cache=cache)[:, 0]
+        for row, s in enumerate(owners):
+            decoded[s].append((positions[row], logits[row]))
+    for s, steps in decoded.items():
+        assert len(steps) >= 3
+        for position, logits in steps:
+            torch.testing.assert_close(logits, full[s, position], atol=1e-4, rtol=1e-4)
+    assert cache.lengths[: cache.active] == [starts[2] + 7, starts[1] + 8]
 
 
 def test_kv_cache_bookkeeping():

@@ -1,6 +1,7 @@
 """python -m llm.bench train [hydra overrides] [--steps N] [--warmup N] [--json]
 python -m llm.bench engine RUN_DIR | [hydra overrides] [--steps N] [--warmup N] [--json]
 python -m llm.bench packer [hydra overrides] [--json]
+python -m llm.bench serve RUN_DIR [--json]     a live server: tokens/s and time to first token at 1, 8, 32 streams
 python -m llm.bench tokenizer [hydra overrides] [--json]
 python -m llm.bench all [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
 python -m llm.bench gpu [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from llm.bench.engine import benchmark_engine
 from llm.bench.packer import benchmark_packer
+from llm.bench.serve import benchmark_serve
 from llm.bench.suite import SUITES, run_suite
 from llm.bench.tokenizer import benchmark_tokenizer
 from llm.bench.train_step import benchmark_train
@@ -34,6 +36,10 @@ def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
         return benchmark_packer(overrides)
     if kind == "tokenizer":
         return benchmark_tokenizer(overrides)
+    if kind == "serve":
+        if len(overrides) != 1 or not Path(overrides[0]).is_dir():
+            sys.exit("error: llm.bench serve takes one run directory: python -m llm.bench serve DIR")
+        return benchmark_serve(overrides[0])
     is_run_dir = len(overrides) == 1 and Path(overrides[0]).is_dir()
     return benchmark_engine(overrides[0] if is_run_dir else overrides, steps, warmup)
 
@@ -41,7 +47,7 @@ def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", *SUITES])
+    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", "serve", *SUITES])
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, as for train.py (e.g. experiment=cpu); for engine, or a run directory")
     parser.add_argument("--steps", type=int, default=10,

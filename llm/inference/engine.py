@@ -25,19 +25,28 @@ from llm.model.kv_cache import KVCache
 
 
 def sample_next_token(logits: torch.Tensor, generator: torch.Generator, temperature: float,
-                      top_k: int | None) -> torch.Tensor:
+                      top_k: int | None, top_p: float | None = None) -> torch.Tensor:
     """One token per row of (B, vocab) logits, as (B, 1).
 
     Temperature 0 is the argmax. Otherwise the draw is from softmax(logits / temperature), over
     the whole vocabulary, or with top_k > 0 over the k largest logits only: the generator then
     picks a position among those k, in the order topk returns them, which fixes what a seed draws.
+    top_p < 1 (nucleus sampling) then keeps only the most likely of those, the fewest whose
+    probabilities sum to at least top_p.
     """
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    if top_k is None or top_k <= 0:
+    nucleus = top_p is not None and top_p < 1.0
+    if (top_k is None or top_k <= 0) and not nucleus:
         return torch.multinomial((logits / temperature).softmax(dim=-1), num_samples=1, generator=generator)
-    kept = logits.topk(min(top_k, logits.size(-1)), dim=-1)
-    position = torch.multinomial((kept.values / temperature).softmax(dim=-1), num_samples=1, generator=generator)
+    k = logits.size(-1) if top_k is None or top_k <= 0 else min(top_k, logits.size(-1))
+    kept = logits.topk(k, dim=-1)  # sorted, most likely first
+    probabilities = (kept.values / temperature).softmax(dim=-1)
+    if nucleus:
+        # A token stays if the ones before it sum to less than top_p (the first one always does).
+        before = probabilities.cumsum(dim=-1) - probabilities
+        probabilities = probabilities.masked_fill(before >= top_p, 0.0)
+    position = torch.multinomial(probabilities, num_samples=1, generator=generator)
     return kept.indices.gather(-1, position)
 
 

@@ -128,11 +128,14 @@ def attend_with_kv_cache(q, k, v, slot, window_size):
     """Store the new k/v in a KV-cache slot, then let q attend causally over everything cached.
 
     q: (B, T_new, H, D); k, v: (B, T_new, H_kv, D); slot: the layer's LayerSlot, whose buffers are
-    written in place at position slot.filled (the same for every row); the cache advances afterwards.
+    written in place at position slot.filled (the same for every row), or with slot.filled None at
+    each row's own fill level (then T_new is 1); the cache advances afterwards.
     """
     if active_backend() == "fa3":
         return _fa3.flash_attn_with_kvcache(q, slot.keys, slot.values, k=k, v=v, cache_seqlens=slot.fill_levels,
                                             causal=True, window_size=window_size)
+    if slot.filled is None:
+        return _attend_rows_at_own_lengths(q, k, v, slot, window_size[0])
     start, end = slot.filled, slot.filled + q.size(1)
     slot.keys[:, start:end] = k
     slot.values[:, start:end] = v
@@ -143,6 +146,20 @@ def attend_with_kv_cache(q, k, v, slot, window_size):
     key_positions = torch.arange(first_key, end, device=q.device)
     mask = _causal_window_mask(query_positions, key_positions, left)  # (T_new, keys), shared by rows and heads
     return _sdpa(q, slot.keys[:, first_key:end], slot.values[:, first_key:end], mask=mask)
+
+
+def _attend_rows_at_own_lengths(q, k, v, slot, left):
+    """One new token per row, row b's going in at position fill_levels[b]; rows differ in length.
+
+    Each row's mask ends at its own position, which also hides whatever a shorter row left beyond it.
+    """
+    levels = slot.fill_levels.long()
+    rows = torch.arange(q.size(0), device=q.device)
+    slot.keys[rows, levels] = k[:, 0]
+    slot.values[rows, levels] = v[:, 0]
+    key_positions = torch.arange(slot.span, device=q.device)
+    mask = _causal_window_mask(levels.view(-1, 1, 1, 1), key_positions, left)  # (B, 1, 1, keys): per row
+    return _sdpa(q, slot.keys[:, :slot.span], slot.values[:, :slot.span], mask=mask)
 
 
 def _causal_window_mask(query_positions, key_positions, left):

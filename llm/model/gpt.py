@@ -164,17 +164,14 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         """Loss (targets given; -1 marks ignored positions) or fp32 logits (B, T, vocab_size)."""
         seq = idx.size(1)
-        start = 0 if kv_cache is None else kv_cache.filled
-        if start + seq > self.rotary_len:
+        # A slice of positions shared by all rows, or (rows, seq) positions of rows at their own lengths.
+        positions, end = (slice(0, seq), seq) if kv_cache is None else kv_cache.positions(seq)
+        if end > self.rotary_len:
             raise ValueError(
-                f"position {start + seq} is past the rotary tables ({self.rotary_len} = "
+                f"position {end} is past the rotary tables ({self.rotary_len} = "
                 f"{ROTARY_LENGTH_FACTOR} x sequence_len); shorten the input or raise model.sequence_len"
             )
-        if kv_cache is not None and start + seq > kv_cache.capacity:
-            raise ValueError(
-                f"KV cache holds {kv_cache.capacity} positions but {start + seq} are needed; allocate a longer KVCache"
-            )
-        cos, sin = self.cos[:, start : start + seq], self.sin[:, start : start + seq]
+        cos, sin = self.cos[0, positions], self.sin[0, positions]
 
         x = rms_norm(self.transformer.wte(idx))
         x0 = x
