@@ -20,6 +20,12 @@ def test_train_reports_the_cold_first_step_and_peak_rss(llm_home):
     assert result["peak_rss_mb"] > 0 and result["tokens_per_sec"] > 0 and result["compile"] is False
 
 
+def test_train_profile_writes_the_operator_table(llm_home, tmp_path):
+    benchmark_train(TINY_RUN, steps=1, warmup=1, profile=str(tmp_path / "ops.txt"))
+    table = (tmp_path / "ops.txt").read_text()
+    assert "Self CPU" in table and "aten::mm" in table  # the model's matmuls are in it
+
+
 def test_packer_reports_both_packings_at_each_length(llm_home):
     result = benchmark_packer(TINY_RUN, seconds=0.05, documents=60)
     for sequence_len in SEQUENCE_LENS:

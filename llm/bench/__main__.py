@@ -1,4 +1,4 @@
-"""python -m llm.bench train [hydra overrides] [--steps N] [--warmup N] [--json]
+"""python -m llm.bench train [hydra overrides] [--steps N] [--warmup N] [--profile TABLE] [--json]
 python -m llm.bench engine RUN_DIR | [hydra overrides] [--steps N] [--warmup N] [--json]
 python -m llm.bench packer [hydra overrides] [--json]
 python -m llm.bench tokenizer [hydra overrides] [--json]
@@ -29,9 +29,9 @@ def print_table(result: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
-def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
+def run_one(kind: str, overrides: list[str], steps: int, warmup: int, profile: str | None = None) -> dict:
     if kind == "train":
-        return benchmark_train(overrides, steps, warmup)
+        return benchmark_train(overrides, steps, warmup, profile)
     if kind == "packer":
         return benchmark_packer(overrides)
     if kind == "tokenizer":
@@ -54,11 +54,15 @@ def main() -> None:
     parser.add_argument("--save", metavar="PATH", help="also write the results to PATH as one JSON object")
     parser.add_argument("--reference", metavar="PATH",
                         help="race: also train the same shape with the nanochat checkout at PATH")
+    parser.add_argument("--profile", metavar="TABLE",
+                        help="train: profile the timed steps, torch.profiler's operator table to TABLE")
     parser.add_argument("--reference-python", metavar="PY",
                         help="race: the interpreter that runs the reference (default: this one)")
     args = parser.parse_args()
     if (args.reference or args.reference_python) and args.kind != "race":
         parser.error("--reference and --reference-python are options of race only")
+    if args.profile and args.kind != "train":
+        parser.error("--profile is an option of train only")
     if args.reference_python and not args.reference:
         parser.error("--reference-python needs --reference")
     if args.kind == "race":
@@ -66,7 +70,7 @@ def main() -> None:
         if not args.json:
             print_race(results)
     elif args.kind not in SUITES:
-        results = run_one(args.kind, args.overrides, args.steps, args.warmup)
+        results = run_one(args.kind, args.overrides, args.steps, args.warmup, args.profile)
         if not args.json:
             print_table(results)
     else:
