@@ -4,7 +4,7 @@ Taken whole, the head materialises the logits of every row several times over: t
 its fp32 copy, the soft-capped values, the softmax and its gradient, each B·T × vocab; at 32 rows of
 512 tokens and a 32k vocabulary that is 2 GB per fp32 copy. Here the forward keeps only each row's
 log-sum-exp, and the backward recomputes one chunk's logits at a time from the hidden states, so
-the peak is one chunk of logits whatever the batch. The cost is a second lm_head matmul per chunk.
+the peak is one chunk of logits. The cost is a second lm_head matmul per chunk.
 
 The arithmetic is the plain head's: the matmul in the autocast dtype (bf16 on fast hardware, else
 the inputs' dtype), then soft-cap, softmax and loss in fp32; targets of -1 are ignored and the loss
@@ -14,7 +14,10 @@ is the mean over the rest. The weight's gradient is accumulated over chunks in f
 import torch
 
 IGNORE_INDEX = -1
-LOGIT_ELEMENTS_PER_CHUNK = 2**24  # 64 MB of fp32 logits: big matmuls, small peak
+# The peak is one chunk, an eighth of the whole; more chunks would shrink it further, but under
+# torch.compile the loop unrolls and each chunk's kernels are compiled anew (with 32 chunks the
+# reference's CPU shape was still compiling after 9 minutes, where the whole-matrix head took 3).
+CHUNKS = 8
 
 
 def chunked_softcap_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -22,12 +25,12 @@ def chunked_softcap_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, ta
     """Mean cross-entropy of softcap·tanh(hidden @ weight[:vocab_size].T / softcap) against targets.
 
     hidden is (..., model_dim), targets the matching (...) token ids; weight may have padding rows
-    past vocab_size, which take no part (and get zero gradient). chunk_rows defaults to what keeps
-    a chunk's logits near LOGIT_ELEMENTS_PER_CHUNK elements.
+    past vocab_size, which take no part (and get zero gradient). chunk_rows defaults to a CHUNKS-th
+    of the rows.
     """
     device_type = hidden.device.type
     compute_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    rows = chunk_rows or max(1, LOGIT_ELEMENTS_PER_CHUNK // vocab_size)
+    rows = chunk_rows or -(-targets.numel() // CHUNKS)
     return _ChunkedSoftcapCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, targets.reshape(-1),
                                              vocab_size, softcap, rows, compute_dtype)
 
