@@ -75,7 +75,7 @@ def test_the_gpu_suite_measures_both_backends_at_d12_and_d20():
 # A race of a few steps: experiment=cpu cut down to the tiny shapes.
 TINY_RACE = ["model.sequence_len=64", "data.vocab_size=512", "data.tokenizer_max_chars=3000000",
              "train.device_batch_size=4", "train.total_batch_size=256", "budget.num_iterations=4", "eval.every=2",
-             "eval.tokens=1024", "eval.sample_every=-1", "eval.core_every=-1", "checkpoint.every=-1", "device=cpu"]
+             "eval.tokens=1024", "eval.sample_every=-1", "checkpoint.every=-1", "device=cpu"]
 
 
 def test_race_without_a_reference_prints_this_projects_row(llm_home, monkeypatch, capsys):

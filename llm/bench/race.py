@@ -29,7 +29,8 @@ from llm.config import compose_run, derived
 from llm.data.paths import base_dir
 
 REPO = Path(__file__).resolve().parents[2]
-PRESET = ["experiment=cpu", "wandb.mode=disabled"]
+# CORE off as in the reference's CPU run (it has no offline bundle); both still sample and evaluate bpb.
+PRESET = ["experiment=cpu", "wandb.mode=disabled", "eval.core_every=-1"]
 # base_train's progress line and validation line (nanochat 41bb2ea).
 REFERENCE_STEP = re.compile(r"^step \d+/\d+ .*\| dt: ([\d.]+)ms \| tok/sec: ([\d,]+)")
 REFERENCE_VAL = re.compile(r"Validation bpb: ([\d.]+)")
