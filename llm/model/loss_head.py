@@ -48,7 +48,8 @@ class _ChunkedSoftcapCrossEntropy(torch.autograd.Function):
             log_normalisers = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
             loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for start, end in _chunks(targets.numel(), chunk_rows):
-                capped = softcap * torch.tanh((inputs[start:end] @ classes.T).float() / softcap)
+                # In place where it can be: eager mode would otherwise allocate a chunk-sized tensor per op.
+                capped = (inputs[start:end] @ classes.T).float().div_(softcap).tanh_().mul_(softcap)
                 log_normalisers[start:end] = torch.logsumexp(capped, dim=-1)
                 # Ignored rows look up class 0 and are then masked out of the sum.
                 target_logits = capped.gather(1, targets[start:end].clamp(min=0).unsqueeze(1)).squeeze(1)
@@ -69,12 +70,13 @@ class _ChunkedSoftcapCrossEntropy(torch.autograd.Function):
             grad_hidden = torch.empty_like(hidden)
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             for start, end in _chunks(targets.numel(), ctx.chunk_rows):
-                squashed = torch.tanh((inputs[start:end] @ classes.T).float() / softcap)
-                probs = torch.exp(softcap * squashed - log_normalisers[start:end, None])
+                squashed = (inputs[start:end] @ classes.T).float().div_(softcap).tanh_()
+                grad_capped = (squashed * softcap).sub_(log_normalisers[start:end, None]).exp_()  # the softmax
                 target_column = targets[start:end].clamp(min=0).unsqueeze(1)
-                grad_capped = probs.scatter_add(1, target_column, -torch.ones_like(target_column, dtype=probs.dtype))
+                grad_capped.scatter_add_(1, target_column, -torch.ones_like(target_column, dtype=grad_capped.dtype))
                 # Through the soft-cap: d(c·tanh(z/c))/dz = 1 - tanh²; then back to the matmul's dtype.
-                grad_logits = (grad_capped * row_scale[start:end, None] * (1 - squashed.square())).to(ctx.compute_dtype)
+                grad_capped.mul_(row_scale[start:end, None]).mul_(squashed.square_().neg_().add_(1))
+                grad_logits = grad_capped.to(ctx.compute_dtype)
                 grad_hidden[start:end] = grad_logits @ classes
                 grad_weight[:vocab_size] += grad_logits.T @ inputs[start:end]
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None, None
