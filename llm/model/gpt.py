@@ -165,8 +165,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
         """Loss (targets given; -1 marks ignored positions) or fp32 logits (B, T, vocab_size).
 
-        The mean loss goes through the chunked loss head; loss_reduction="none" (evaluation's per-token
-        losses) and the logits come from the whole logit matrix.
+        The mean loss goes through the chunked loss head in eager mode; loss_reduction="none"
+        (evaluation's per-token losses), the logits and compiled steps use the whole logit matrix.
         """
         seq = idx.size(1)
         start = 0 if kv_cache is None else kv_cache.filled
@@ -191,8 +191,11 @@ class GPT(nn.Module):
             kv_cache.commit(seq)  # every layer has now written its keys and values for these tokens
         x = rms_norm(x)
 
-        if targets is not None and loss_reduction == "mean":
+        if targets is not None and loss_reduction == "mean" and not torch.compiler.is_compiling():
             # Training's loss: the same arithmetic as below, without ever holding every row's logits.
+            # Not under torch.compile: there the compiled step with the chunked head peaked higher
+            # (8.5 GB against 6.3 GB at the reference's CPU shape, experiments/performance.md), the
+            # compiler apparently keeping the chunks' logits rather than recomputing them.
             return chunked_softcap_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size,
                                                  LOGIT_SOFTCAP)
         # Crop the padding rows, then soft-cap in fp32 where tanh keeps its precision.
