@@ -4,7 +4,7 @@ python -m llm.bench packer [hydra overrides] [--json]
 python -m llm.bench tokenizer [hydra overrides] [--json]
 python -m llm.bench all [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
 python -m llm.bench gpu [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
-python -m llm.bench race [hydra overrides on experiment=cpu] [--reference NANOCHAT_CHECKOUT [--reference-python PY]] [--json]
+python -m llm.bench race [overrides on experiment=cpu] [--reference CHECKOUT [--reference-python PY]] [--json]
 
 all and gpu run a suite (llm/bench/suite.py), each benchmark in its own process, and exit with
 status 1 when any of them failed (its error is reported in its place)."""
