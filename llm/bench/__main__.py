@@ -1,10 +1,11 @@
-"""python -m llm.bench train [hydra overrides] [--steps N] [--warmup N] [--json]
+"""python -m llm.bench train [hydra overrides] [--steps N] [--warmup N] [--profile TABLE] [--json]
 python -m llm.bench engine RUN_DIR | [hydra overrides] [--steps N] [--warmup N] [--json]
 python -m llm.bench packer [hydra overrides] [--json]
 python -m llm.bench serve RUN_DIR [--json]     a live server: tokens/s and time to first token at 1, 8, 32 streams
 python -m llm.bench tokenizer [hydra overrides] [--json]
 python -m llm.bench all [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
 python -m llm.bench gpu [hydra overrides for every benchmark] [--steps N] [--warmup N] [--json]
+python -m llm.bench race [overrides on experiment=cpu] [--reference CHECKOUT [--reference-python PY]] [--json]
 
 all and gpu run a suite (llm/bench/suite.py), each benchmark in its own process, and exit with
 status 1 when any of them failed (its error is reported in its place)."""
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from llm.bench.engine import benchmark_engine
 from llm.bench.packer import benchmark_packer
+from llm.bench.race import print_race, race
 from llm.bench.serve import benchmark_serve
 from llm.bench.suite import SUITES, run_suite
 from llm.bench.tokenizer import benchmark_tokenizer
@@ -29,9 +31,9 @@ def print_table(result: dict) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
-def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
+def run_one(kind: str, overrides: list[str], steps: int, warmup: int, profile: str | None = None) -> dict:
     if kind == "train":
-        return benchmark_train(overrides, steps, warmup)
+        return benchmark_train(overrides, steps, warmup, profile)
     if kind == "packer":
         return benchmark_packer(overrides)
     if kind == "tokenizer":
@@ -47,7 +49,7 @@ def run_one(kind: str, overrides: list[str], steps: int, warmup: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m llm.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", "serve", *SUITES])
+    parser.add_argument("kind", choices=["train", "engine", "packer", "tokenizer", "serve", "race", *SUITES])
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, as for train.py (e.g. experiment=cpu); for engine, or a run directory")
     parser.add_argument("--steps", type=int, default=10,
@@ -56,9 +58,25 @@ def main() -> None:
                         help="untimed warm-up steps, the first reported alone (compile happens there)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--save", metavar="PATH", help="also write the results to PATH as one JSON object")
+    parser.add_argument("--reference", metavar="PATH",
+                        help="race: also train the same shape with the nanochat checkout at PATH")
+    parser.add_argument("--profile", metavar="TABLE",
+                        help="train: profile the timed steps, torch.profiler's operator table to TABLE")
+    parser.add_argument("--reference-python", metavar="PY",
+                        help="race: the interpreter that runs the reference (default: this one)")
     args = parser.parse_args()
-    if args.kind not in SUITES:
-        results = run_one(args.kind, args.overrides, args.steps, args.warmup)
+    if (args.reference or args.reference_python) and args.kind != "race":
+        parser.error("--reference and --reference-python are options of race only")
+    if args.profile and args.kind != "train":
+        parser.error("--profile is an option of train only")
+    if args.reference_python and not args.reference:
+        parser.error("--reference-python needs --reference")
+    if args.kind == "race":
+        results = race(args.overrides, args.reference, args.reference_python)
+        if not args.json:
+            print_race(results)
+    elif args.kind not in SUITES:
+        results = run_one(args.kind, args.overrides, args.steps, args.warmup, args.profile)
         if not args.json:
             print_table(results)
     else:

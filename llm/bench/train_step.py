@@ -12,6 +12,7 @@ its process (as `python -m llm.bench all` runs each benchmark).
 """
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,9 @@ def random_batches(vocab_size: int, batch_size: int, sequence_len: int, device: 
             yield row[:, :-1], row[:, 1:]
 
 
-def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
+def benchmark_train(overrides: list[str], steps: int, warmup: int, profile: str | None = None) -> dict:
+    """Throughput after `warmup` steps; with `profile`, the timed steps also write torch.profiler's
+    operator table (self time, the top 40) to that path."""
     if steps < 1 or warmup < 1:
         raise ValueError(f"steps and warmup must be at least 1 (the first step is the cold one), got {steps}, {warmup}")
     cfg = compose_run(overrides)
@@ -58,7 +61,14 @@ def benchmark_train(overrides: list[str], steps: int, warmup: int) -> dict:
 
     first_step_sec = timed_steps(1)
     warmup_sec = first_step_sec + timed_steps(warmup - 1)
-    steady_sec = timed_steps(steps)
+    if profile:
+        with torch.profiler.profile() as profiler:  # CPU activity, and the CUDA kernels where a GPU runs
+            steady_sec = timed_steps(steps)
+        table = profiler.key_averages().table(sort_by="self_device_time_total" if runtime.device.type == "cuda"
+                                              else "self_cpu_time_total", row_limit=40)
+        Path(profile).write_text(table + "\n")
+    else:
+        steady_sec = timed_steps(steps)
     peak, peak_source = peak_flops(runtime.device, runtime.compute_dtype)
     step_time = steady_sec / steps
     tokens_per_sec = plan.total_batch_size / step_time

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from llm.config.derived import VE_GATE_CHANNELS, ModelShape
 from llm.model.attention import attend, attend_with_kv_cache
+from llm.model.loss_head import IGNORE_INDEX, chunked_softcap_cross_entropy
 
 ROPE_BASE = 10000
 ROTARY_LENGTH_FACTOR = 10  # rotary tables cover this many multiples of sequence_len (decoding runs long)
@@ -162,7 +163,11 @@ class GPT(nn.Module):
             self.value_embeds.to(dtype=torch.bfloat16)
 
     def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
-        """Loss (targets given; -1 marks ignored positions) or fp32 logits (B, T, vocab_size)."""
+        """Loss (targets given; -1 marks ignored positions) or fp32 logits (B, T, vocab_size).
+
+        The mean loss goes through the chunked loss head in eager mode; loss_reduction="none"
+        (evaluation's per-token losses), the logits and compiled steps use the whole logit matrix.
+        """
         seq = idx.size(1)
         # A slice of positions shared by all rows, or (rows, seq) positions of rows at their own lengths.
         positions, end = (slice(0, seq), seq) if kv_cache is None else kv_cache.positions(seq)
@@ -183,13 +188,20 @@ class GPT(nn.Module):
             kv_cache.commit(seq)  # every layer has now written its keys and values for these tokens
         x = rms_norm(x)
 
+        if targets is not None and loss_reduction == "mean" and not torch.compiler.is_compiling():
+            # Training's loss: the same arithmetic as below, without ever holding every row's logits.
+            # Not under torch.compile: there the compiled step with the chunked head peaked higher
+            # (8.5 GB against 6.3 GB at the reference's CPU shape, experiments/performance.md), the
+            # compiler apparently keeping the chunks' logits rather than recomputing them.
+            return chunked_softcap_cross_entropy(x, self.lm_head.weight, targets, self.config.vocab_size,
+                                                 LOGIT_SOFTCAP)
         # Crop the padding rows, then soft-cap in fp32 where tanh keeps its precision.
         logits = self.lm_head(x)[..., : self.config.vocab_size].float()
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
             return logits
         return F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=loss_reduction
         )
 
     def parameter_groups(self):
