@@ -471,8 +471,30 @@ def test_cli_isoflop_json(results_csv, tmp_path):
     assert summary["b"] == pytest.approx(LAW.b, abs=0.005)
     assert len(summary["budgets"]) == 4 and summary["optimal_ratio"] > 0
     assert (tmp_path / "isoflop.png").stat().st_size > 0
+    assert summary["interior_budgets"] == 4
+    # Seven sizes centred on each optimum: three on each side, the middle one on either.
+    assert all(b["interior"] and min(b["sizes_below"], b["sizes_above"]) >= 3 for b in summary["budgets"])
     human = run_cli("isoflop", isoflop_only, "--params-convention", "total")
-    assert human.returncode == 0 and "N_opt ∝ C^a" in human.stdout
+    assert human.returncode == 0 and "N_opt ∝ C^a" in human.stdout and "interior optima" in human.stdout
+
+
+def test_cli_isoflop_json_says_which_budgets_have_an_interior_optimum(tmp_path):
+    # 1e18: the optimum bracketed; 1e19: only sizes below it;
+    # 1e20: loss only rising (the smallest model wins), taken as its best run by the fallback.
+    runs = isoflop_grid(budgets=[1e18, 1e19, 1e20])
+    relative = runs["params_transformer"] / 0.9 / LAW.optimal_allocation(runs["flops_budget"])[0]
+    runs = runs[((runs["flops_budget"] != 1e19) | (relative < 0.9)) & ((runs["flops_budget"] != 1e20) | (relative > 1.1))]
+    path = tmp_path / "mixed.csv"
+    runs.to_csv(path, index=False)
+    result = run_cli("isoflop", path, "--json", "--fallback", "raw_min")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    by_budget = {b["flops"]: b for b in summary["budgets"]}
+    assert [by_budget[c]["interior"] for c in (1e18, 1e19, 1e20)] == [True, False, False]
+    # Its vertex lies beyond the largest size, so the fallback takes that run: two sizes below it.
+    assert by_budget[1e19]["method"] == "raw_min" and (by_budget[1e19]["sizes_below"], by_budget[1e19]["sizes_above"]) == (2, 0)
+    assert by_budget[1e20]["method"] == "raw_min" and by_budget[1e20]["sizes_below"] == 0
+    assert summary["interior_budgets"] == 1
 
 
 def test_cli_isoflop_fallback_takes_the_best_run_where_the_vertex_is_outside(tmp_path):

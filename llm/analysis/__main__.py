@@ -70,13 +70,15 @@ def run_isoflop(args) -> dict:
 
         plot_isoflop(fit, path=args.plot)
     if not args.json:
-        columns = ["flops", "n_points", "params_opt", "tokens_opt", "ratio", "loss_opt"]
+        columns = ["flops", "n_points", "params_opt", "tokens_opt", "ratio", "loss_opt", "interior"]
         print(fit.budgets[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         if fit.params_law is not None:
             print(f"N_opt ∝ C^a with a = {fit.params_law.exponent:.4f}")
             print(f"D_opt ∝ C^b with b = {fit.tokens_law.exponent:.4f}")
             print(f"optimal D/N at C = {fit.reference_flops:.3g}: {fit.ratio_at_reference:.2f}")
         print(f"D/N across budgets: {fit.ratio_mean:.2f} ± {fit.ratio_std:.2f}")
+        print(f"interior optima (a parabola vertex with sizes on both sides): "
+              f"{int(fit.budgets['interior'].sum())} of {len(fit.budgets)} budgets")
     return fit.summary()
 
 
