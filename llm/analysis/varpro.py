@@ -40,7 +40,7 @@ REFINED_STARTS = 3  # best grid points refined on the full data
 INNER_ITERATIONS = 200  # Gauss-Newton steps at most; most fits stop far earlier
 GRID_ITERATIONS = 25  # enough to rank grid points, whose best are then solved in full
 INNER_TOLERANCE = 1e-11  # relative decrease of the objective below which a step is the last
-STEP_SIZES = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 64, 0.0])  # the backtracking search's candidates
+STEP_SIZES = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 64, 0.0])  # lengths tried along each step
 OUTER_OPTIONS = {"maxiter": 500, "ftol": 1e-14, "gtol": 1e-10}
 
 # Every non-empty set of the three constants that may be positive: an NNLS optimum is the
