@@ -291,6 +291,47 @@ def test_parametric_with_noise_has_intervals_around_the_truth():
     assert band["params_low"][0] < params_opt < band["params_high"][0]
 
 
+def chinchilla_like_grid(seed=0) -> pd.DataFrame:
+    """A design like Chinchilla's Figure 4 (9 budgets, 6e18 to 3e21 FLOPs, 7 sizes each around the
+    optimum) with the replication's law and heavy-tailed noise: Student-t, 2 % scale."""
+    law = LossLaw(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for flops in np.logspace(np.log10(6e18), np.log10(3e21), 9):
+        params = law.optimal_allocation(flops)[0] * np.logspace(-0.8, 0.8, 7)
+        tokens = flops / (6 * params)
+        loss = law.loss(params, tokens) * np.exp(0.02 * rng.standard_t(3, params.size))
+        frames.append(collector_rows(params, tokens, loss, flops).assign(params=params))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_varpro_recovers_noise_free_law_exactly():
+    fit = fit_parametric(parametric_grid(), params_col="params", n_boot=0, fitter="varpro")
+    for name in ["E", "A", "B", "alpha", "beta"]:
+        assert getattr(fit.law, name) == pytest.approx(getattr(LAW, name), rel=1e-4), name
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_varpro_and_lbfgs_reach_the_same_optimum_on_noisy_chinchilla_like_data(seed):
+    runs = chinchilla_like_grid(seed)
+    laws = {fitter: fit_parametric(runs, params_col="params", n_boot=0, fitter=fitter).law
+            for fitter in ("lbfgs", "varpro")}
+    for name in ["E", "alpha", "beta", "a"]:
+        assert laws["varpro"].as_dict()[name] == pytest.approx(laws["lbfgs"].as_dict()[name], rel=1e-3), name
+    for name in ["A", "B"]:  # the least constrained constants (their logs trade off with the exponents)
+        assert laws["varpro"].as_dict()[name] == pytest.approx(laws["lbfgs"].as_dict()[name], rel=1e-2), name
+    assert laws["varpro"].alpha != pytest.approx(0.3478, abs=1e-4)  # noisy: neither fit returns the truth
+
+
+def test_varpro_bootstrap_gives_intervals_around_the_truth():
+    fit = fit_parametric(parametric_grid(noise=0.015, seed=1), n_boot=20, seed=0, fitter="varpro")
+    truth = LAW.as_dict()
+    for name in ["E", "alpha", "a"]:
+        low, high = fit.ci[name]
+        assert low < truth[name] < high, name
+    assert len(fit.bootstrap) == 20 and (fit.bootstrap[["E", "A", "B", "alpha", "beta"]] >= 0).all().all()
+
+
 def test_parametric_defaults_to_kaplan_params_and_rejects_bad_input():
     runs = parametric_grid()
     default = fit_parametric(runs.drop(columns="params"), n_boot=0).law
@@ -299,6 +340,8 @@ def test_parametric_defaults_to_kaplan_params_and_rejects_bad_input():
     assert total.A == pytest.approx(LAW.A * 1.2**LAW.alpha, rel=1e-3)
     with pytest.raises(ValueError, match="needs more than 3 runs"):
         fit_parametric(runs.iloc[:3])
+    with pytest.raises(ValueError, match="unknown fitter 'adam'; choose one of lbfgs, varpro"):
+        fit_parametric(runs, fitter="adam")
     with pytest.raises(ValueError, match="tokens is missing or not positive in 49 runs"):
         fit_parametric(runs.assign(tokens_trained=0.0))
 
@@ -428,8 +471,30 @@ def test_cli_isoflop_json(results_csv, tmp_path):
     assert summary["b"] == pytest.approx(LAW.b, abs=0.005)
     assert len(summary["budgets"]) == 4 and summary["optimal_ratio"] > 0
     assert (tmp_path / "isoflop.png").stat().st_size > 0
+    assert summary["interior_budgets"] == 4
+    # Seven sizes centred on each optimum: three on each side, the middle one on either.
+    assert all(b["interior"] and min(b["sizes_below"], b["sizes_above"]) >= 3 for b in summary["budgets"])
     human = run_cli("isoflop", isoflop_only, "--params-convention", "total")
-    assert human.returncode == 0 and "N_opt ∝ C^a" in human.stdout
+    assert human.returncode == 0 and "N_opt ∝ C^a" in human.stdout and "interior optima" in human.stdout
+
+
+def test_cli_isoflop_json_says_which_budgets_have_an_interior_optimum(tmp_path):
+    # 1e18: the optimum bracketed; 1e19: only sizes below it;
+    # 1e20: loss only rising (the smallest model wins), taken as its best run by the fallback.
+    runs = isoflop_grid(budgets=[1e18, 1e19, 1e20])
+    relative = runs["params_transformer"] / 0.9 / LAW.optimal_allocation(runs["flops_budget"])[0]
+    runs = runs[((runs["flops_budget"] != 1e19) | (relative < 0.9)) & ((runs["flops_budget"] != 1e20) | (relative > 1.1))]
+    path = tmp_path / "mixed.csv"
+    runs.to_csv(path, index=False)
+    result = run_cli("isoflop", path, "--json", "--fallback", "raw_min")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    by_budget = {b["flops"]: b for b in summary["budgets"]}
+    assert [by_budget[c]["interior"] for c in (1e18, 1e19, 1e20)] == [True, False, False]
+    # Its vertex lies beyond the largest size, so the fallback takes that run: two sizes below it.
+    assert by_budget[1e19]["method"] == "raw_min" and (by_budget[1e19]["sizes_below"], by_budget[1e19]["sizes_above"]) == (2, 0)
+    assert by_budget[1e20]["method"] == "raw_min" and by_budget[1e20]["sizes_below"] == 0
+    assert summary["interior_budgets"] == 1
 
 
 def test_cli_isoflop_fallback_takes_the_best_run_where_the_vertex_is_outside(tmp_path):
@@ -447,8 +512,9 @@ def test_cli_isoflop_fallback_takes_the_best_run_where_the_vertex_is_outside(tmp
     assert [b["extrapolated"] for b in strict["budgets"] if b["flops"] == smallest] == [True]
 
 
-def test_cli_parametric_json(results_csv):
-    result = run_cli("parametric", results_csv, "--n-boot", "10", "--json")
+@pytest.mark.parametrize("fitter", ["lbfgs", "varpro"])
+def test_cli_parametric_json(results_csv, fitter):
+    result = run_cli("parametric", results_csv, "--n-boot", "10", "--json", "--fitter", fitter)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert {"E", "A", "B", "alpha", "beta", "a", "b", "ci"} <= set(summary)

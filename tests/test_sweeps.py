@@ -1,6 +1,7 @@
 """Sweeps with the local launcher: the grid, idempotent re-runs, the results table and status view."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,18 @@ def test_isoflop_dry_run_lists_the_real_grid(tmp_path, llm_home):
     assert f"{expected.num_iterations:,} iterations" in plans[-1] and plans[-1].startswith("d20 ")
     assert expected.num_iterations == round(1e19 / (expected.flops_per_token * 524288))
     assert not list(tmp_path.rglob("grid.json"))  # a dry run claims nothing
+
+
+def test_laptop_dry_run_lists_three_budgets_of_six_sizes_a_factor_two_apart(tmp_path, llm_home):
+    result = sweep("sweep=isoflop_laptop", "dry_run=true", f"sweeps_root={tmp_path}", home=llm_home)
+    plans = [line for line in result.stdout.splitlines() if line.startswith("d")]
+    assert len(plans) == 18
+    scaling = sorted({int(re.search(r"([\d,]+) scaling", line).group(1).replace(",", "")) for line in plans})
+    assert len(scaling) == 6 and max(b / a for a, b in zip(scaling, scaling[1:])) < 2.1
+    largest_budget = derived.plan(compose_run(["sweep=isoflop_laptop", "model.depth=1", "model.aspect_ratio=32",
+                                               "budget.target_flops=1e12"]))
+    assert largest_budget.tokens_per_param > 20 * 4  # the smallest model is far too small there
+    assert largest_budget.shape.model_dim == 32 and not list(tmp_path.rglob("grid.json"))
 
 
 def test_a_grid_of_no_jobs_and_an_unknown_sweep_are_refused(tmp_path, llm_home):

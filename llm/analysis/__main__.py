@@ -1,7 +1,7 @@
 """Command line for the scaling-law analysis.
 
     python -m llm.analysis isoflop results.csv [more.csv ...] [--fallback raw_min] [--json] [--plot isoflop.png]
-    python -m llm.analysis parametric results.csv [--n-boot 100] [--json] [--plot frontier.png]
+    python -m llm.analysis parametric results.csv [--fitter lbfgs|varpro] [--n-boot 100] [--json] [--plot frontier.png]
     python -m llm.analysis plan --flops 1e19 [--table results.csv] [--json]
     python -m llm.analysis plan --gpu-hours 24 --gpu H100 --mfu 0.4
 
@@ -18,7 +18,7 @@ import warnings
 
 from llm.analysis.conventions import DEFAULT_PARAMS_CONVENTION, FLOPS_CONVENTIONS, PARAMS_CONVENTIONS
 from llm.analysis.isoflop import FALLBACKS, fit_isoflop
-from llm.analysis.parametric import CHINCHILLA_LAW, fit_parametric
+from llm.analysis.parametric import CHINCHILLA_LAW, DEFAULT_FITTER, FITTERS, fit_parametric
 from llm.analysis.planner import DEFAULT_TOTAL_BATCH_SIZE, flops_from_gpu_hours, plan_run
 from llm.analysis.table import load_table
 
@@ -70,19 +70,22 @@ def run_isoflop(args) -> dict:
 
         plot_isoflop(fit, path=args.plot)
     if not args.json:
-        columns = ["flops", "n_points", "params_opt", "tokens_opt", "ratio", "loss_opt"]
+        columns = ["flops", "n_points", "params_opt", "tokens_opt", "ratio", "loss_opt", "interior"]
         print(fit.budgets[columns].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         if fit.params_law is not None:
             print(f"N_opt ∝ C^a with a = {fit.params_law.exponent:.4f}")
             print(f"D_opt ∝ C^b with b = {fit.tokens_law.exponent:.4f}")
             print(f"optimal D/N at C = {fit.reference_flops:.3g}: {fit.ratio_at_reference:.2f}")
         print(f"D/N across budgets: {fit.ratio_mean:.2f} ± {fit.ratio_std:.2f}")
+        print(f"interior optima (a parabola vertex with sizes on both sides): "
+              f"{int(fit.budgets['interior'].sum())} of {len(fit.budgets)} budgets")
     return fit.summary()
 
 
 def run_parametric(args) -> dict:
     runs = load_runs(args.tables, args)
-    fit = fit_parametric(runs, n_boot=args.n_boot, seed=args.seed, confidence=args.confidence, **column_options(args))
+    fit = fit_parametric(runs, n_boot=args.n_boot, seed=args.seed, confidence=args.confidence, fitter=args.fitter,
+                         **column_options(args))
     if args.plot:
         from llm.analysis.plots import plot_loss_frontier
 
@@ -107,7 +110,7 @@ def run_plan(args) -> dict:
         raise ValueError("give the budget as --flops C, or as --gpu-hours H with --gpu NAME")
     if args.table:
         runs = load_runs(args.table, args)
-        law = fit_parametric(runs, n_boot=0, **column_options(args)).law
+        law = fit_parametric(runs, n_boot=0, fitter=args.fitter, **column_options(args)).law
         law_source = "fitted to " + ", ".join(args.table)
     else:
         law, law_source = CHINCHILLA_LAW, "Chinchilla (Hoffmann et al. 2022) defaults"
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     columns.add_argument("--status-col", default="status", help="runs whose status is not 'done' are ignored")
     columns.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
                          help="leave out the K runs of highest loss (outliers) before fitting")
+    columns.add_argument("--fitter", default=DEFAULT_FITTER, choices=list(FITTERS),
+                         help="Approach 3: lbfgs (all five constants jointly) or varpro (exponents searched, "
+                              "E, A, B solved)")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -53,7 +53,8 @@ class IsoFlopFit:
 
     `budgets` has one row per fitted budget: flops, n_points, params_opt, tokens_opt, loss_opt,
     extrapolated (the sampled sizes do not bracket the optimum), method (`parabola` for the
-    vertex, `raw_min` for the best run), ratio (tokens per parameter) and the parabola
+    vertex, `raw_min` for the best run), sizes_below and sizes_above (distinct sampled sizes on
+    either side of the optimum), interior (a parabola vertex with sizes on both sides), ratio (tokens per parameter) and the parabola
     `loss = curvature * x^2 + slope * x + intercept` with x = log10 N, concave for some fallbacks.
     `points` holds the runs used (flops, params, tokens, loss); `skipped` maps each budget left
     out to the reason. The laws are None when fewer than two budgets could be fitted.
@@ -79,6 +80,7 @@ class IsoFlopFit:
         laws_fitted = self.params_law is not None
         return {
             "budgets": json.loads(self.budgets.to_json(orient="records")),
+            "interior_budgets": int(self.budgets["interior"].sum()),
             "a": self.params_law.exponent if laws_fitted else None,
             "b": self.tokens_law.exponent if laws_fitted else None,
             "params_coefficient": self.params_law.coefficient if laws_fitted else None,
@@ -142,10 +144,18 @@ def fit_budget(points: pd.DataFrame, flops: float, flops_convention: str, fallba
         return f"loss is not convex in log N (curvature {curvature:.3g}), so it has no minimum"
     if fallback == "raw_min" and (optimum is None or optimum["extrapolated"]):
         optimum = best_run(points, flops, flops_convention)
+    log_sizes = np.log10(np.unique(points["params"]))
+    log_optimum = np.log10(optimum["params_opt"])
+    below, above = int((log_sizes < log_optimum).sum()), int((log_sizes > log_optimum).sum())
     return {
         "flops": flops,
         "n_points": len(points),
         **optimum,
+        "sizes_below": below,
+        "sizes_above": above,
+        # The sweep found this budget's optimum, rather than bounding it: a parabola's vertex with
+        # measured sizes on both sides of it.
+        "interior": bool(optimum["method"] == "parabola" and below > 0 and above > 0),
         "ratio": optimum["tokens_opt"] / optimum["params_opt"],
         "curvature": curvature,
         "slope": coefficients[1],

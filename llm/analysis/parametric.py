@@ -1,14 +1,13 @@
 """Chinchilla Approach 3: fit L(N, D) = E + A / N^alpha + B / D^beta to every run at once.
 
-Following Hoffmann et al. (2022) and the replication by Besiroglu et al. (2024), the fit works
-in log space with parameters a = log A, b = log B, e = log E, so that
+Following Hoffmann et al. (2022) and the replication by Besiroglu et al. (2024), the fit minimises
+the total Huber loss (delta = 1e-3) between log L_hat and log L (`objective`), with alpha and beta
+non-negative. Two fitters minimise it:
 
-    log L_hat = logsumexp(a - alpha log N, b - beta log D, e),
-
-and minimises the total Huber loss (delta = 1e-3) between log L_hat and log L with L-BFGS-B,
-keeping alpha and beta non-negative. The Huber loss keeps a few bad runs from steering the fit;
-the log makes the residuals relative. The objective has many poor local minima, hence the grid
-of initialisations; the grid is scored in one vectorised pass and only its best points are refined.
+- ``lbfgs`` (`lbfgs`): all five constants at once by L-BFGS-B from a grid of initialisations,
+  as the papers do;
+- ``varpro`` (`varpro`): variable projection, searching only (alpha, beta) and solving E, A, B
+  >= 0 for each pair.
 
 Minimising L subject to C = 6 N D gives the compute-optimal allocation
 
@@ -19,49 +18,19 @@ Confidence intervals come from a bootstrap: runs are resampled with replacement,
 refitted (warm-started from the full fit), and percentiles are taken of every quantity.
 """
 
-import itertools
-import os
 from dataclasses import dataclass
 
-# L-BFGS-B calls scipy's bundled OpenBLAS on 5x5 problems, where its worker threads only add
-# hand-off latency: on a busy machine a fit ran ten times slower with them. This must be set
-# before scipy first loads that library, and defers to a value the user chose.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-
+from llm.analysis import lbfgs, varpro
 from llm.analysis.conventions import DEFAULT_PARAMS_CONVENTION, params_column
 from llm.analysis.table import require_columns, require_positive
 
-HUBER_DELTA = 1e-3
-
-# Hoffmann et al.'s initialisation grid, as (a, b, e, alpha, beta) rows.
-INITIAL_GRID = np.array(
-    list(
-        itertools.product(
-            np.arange(0.0, 26.0, 5.0),  # a
-            np.arange(0.0, 26.0, 5.0),  # b
-            np.arange(-1.0, 1.01, 0.5),  # e
-            np.arange(0.0, 2.01, 0.5),  # alpha
-            np.arange(0.0, 2.01, 0.5),  # beta
-        )
-    )
-)
-REFINED_STARTS = 10  # best grid points refined by L-BFGS on the full data
-BOOTSTRAP_STARTS = 1  # best grid points refined per resample, besides the full-data optimum
-
-# L-BFGS-B judges progress relative to max(|f|, 1). A plain Huber sum with delta = 1e-3 is
-# ~1e-6, which would stop it far from the optimum, so the optimiser sees the mean Huber loss in
-# units of delta^2 (same minimiser, values of order one).
-LBFGS_OPTIONS = {"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-9}
-
-# More parameters or more data never hurt, so alpha and beta are kept non-negative. Unbounded, a
-# sweep that never brackets the optimum (loss rising with N at every budget) fits alpha < 0, a
-# law with no compute-optimal allocation. At alpha = 0 the law says: spend everything on tokens.
-THETA_BOUNDS = [(None, None), (None, None), (None, None), (0, None), (0, None)]
-
+# Each fitter maps log N, log D, log L (and optionally a warm start) to theta = (log A, log B,
+# log E, alpha, beta).
+FITTERS = {"lbfgs": lbfgs.search, "varpro": varpro.search}
+DEFAULT_FITTER = "lbfgs"
 
 LAW_CONSTANTS = ("E", "A", "B", "alpha", "beta")
 
@@ -118,72 +87,6 @@ class LossLaw:
 # Hoffmann et al. 2022, Approach 3 (loss in nats on MassiveText with their tokenizer). Good for
 # the shape of the allocation when no sweep has been fitted yet; its losses are not val_bpb.
 CHINCHILLA_LAW = LossLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-
-
-def log_prediction_terms(theta, log_params, log_tokens):
-    """(a - alpha log N, b - beta log D, e, log L_hat) for parameter rows (a, b, e, alpha, beta).
-
-    theta is one vector of 5 or a (k, 5) batch, in which case every output gains a leading axis.
-    """
-    a, b, e, alpha, beta = np.asarray(theta, dtype=float).T[..., None]
-    params_term = a - alpha * log_params
-    tokens_term = b - beta * log_tokens
-    return params_term, tokens_term, e, np.logaddexp(np.logaddexp(params_term, tokens_term), e)
-
-
-def huber(residuals, delta: float = HUBER_DELTA):
-    absolute = np.abs(residuals)
-    return np.where(absolute <= delta, 0.5 * residuals**2, delta * (absolute - 0.5 * delta))
-
-
-def objective_and_gradient(theta, log_params, log_tokens, log_loss):
-    params_term, tokens_term, e, log_prediction = log_prediction_terms(theta, log_params, log_tokens)
-    residuals = log_prediction - log_loss
-    # Chain rule: d huber / d residual, times each term's softmax weight in the logsumexp.
-    dresidual = np.clip(residuals, -HUBER_DELTA, HUBER_DELTA)
-    params_weighted = dresidual * np.exp(params_term - log_prediction)
-    tokens_weighted = dresidual * np.exp(tokens_term - log_prediction)
-    gradient = np.array([
-        params_weighted.sum(),
-        tokens_weighted.sum(),
-        dresidual @ np.exp(e - log_prediction),
-        -params_weighted @ log_params,
-        -tokens_weighted @ log_tokens,
-    ])
-    scale = 1 / (HUBER_DELTA**2 * len(log_loss))
-    return scale * huber(residuals).sum(), scale * gradient
-
-
-def best_grid_points(count: int, log_params, log_tokens, log_loss) -> np.ndarray:
-    *_, log_prediction = log_prediction_terms(INITIAL_GRID, log_params, log_tokens)
-    scores = huber(log_prediction - log_loss).sum(axis=1)
-    return INITIAL_GRID[np.argsort(scores)[:count]]
-
-
-def shift_intercepts(theta: np.ndarray, params_shift: float, tokens_shift: float) -> np.ndarray:
-    """The same law with log N and log D measured from a new origin: a += alpha * shift, b += beta * shift."""
-    shifted = np.array(theta, dtype=float)
-    shifted[..., 0] += shifted[..., 3] * params_shift
-    shifted[..., 1] += shifted[..., 4] * tokens_shift
-    return shifted
-
-
-def refine(starts: np.ndarray, log_params, log_tokens, log_loss) -> np.ndarray:
-    """The best L-BFGS optimum reached from any of the starts.
-
-    With log N ~ 20 the intercept a and the exponent alpha are nearly collinear, which makes the
-    problem badly conditioned; measuring log N and log D from their means decouples them and
-    roughly halves the iterations.
-    """
-    params_mean, tokens_mean = log_params.mean(), log_tokens.mean()
-    centred_data = (log_params - params_mean, log_tokens - tokens_mean, log_loss)
-    best_theta, best_value = None, np.inf
-    for start in shift_intercepts(starts, -params_mean, -tokens_mean):
-        result = minimize(objective_and_gradient, start, args=centred_data,
-                          jac=True, method="L-BFGS-B", bounds=THETA_BOUNDS, options=LBFGS_OPTIONS)
-        if np.isfinite(result.fun) and result.fun < best_value:
-            best_theta, best_value = result.x, result.fun
-    return shift_intercepts(best_theta, params_mean, tokens_mean)
 
 
 def percentile_interval(samples: np.ndarray, confidence: float):
@@ -244,11 +147,16 @@ def fit_parametric(
     n_boot: int = 100,
     seed: int = 0,
     confidence: float = 0.95,
+    fitter: str = DEFAULT_FITTER,
 ) -> ParametricFit:
     """Fit L(N, D) to the table's runs and bootstrap percentile intervals for every quantity.
 
-    N is `params_col` when given, else computed with `params_convention`.
+    N is `params_col` when given, else computed with `params_convention`; `fitter` names one of
+    FITTERS.
     """
+    if fitter not in FITTERS:
+        raise ValueError(f"unknown fitter {fitter!r}; choose one of {', '.join(FITTERS)}")
+    search = FITTERS[fitter]
     require_columns(df, [tokens_col, loss_col])
     points = pd.DataFrame({
         "params": params_column(df, params_col, params_convention).to_numpy(),
@@ -265,8 +173,7 @@ def fit_parametric(
     logs = np.log(points.to_numpy())
     log_params, log_tokens, log_loss = logs.T
 
-    starts = best_grid_points(REFINED_STARTS, log_params, log_tokens, log_loss)
-    theta = refine(starts, log_params, log_tokens, log_loss)
+    theta = search(log_params, log_tokens, log_loss)
     law = law_from_theta(theta)
 
     rng = np.random.default_rng(seed)
@@ -274,8 +181,7 @@ def fit_parametric(
     for _ in range(n_boot):
         rows = rng.integers(0, len(logs), len(logs))
         resampled = (log_params[rows], log_tokens[rows], log_loss[rows])
-        resample_starts = np.vstack([theta, best_grid_points(BOOTSTRAP_STARTS, *resampled)])
-        samples.append(law_from_theta(refine(resample_starts, *resampled)).as_dict())
+        samples.append(law_from_theta(search(*resampled, warm_start=theta)).as_dict())
     bootstrap = pd.DataFrame(samples, columns=list(law.as_dict()))
     ci = {}
     if n_boot > 0:
