@@ -159,3 +159,14 @@ def test_rl_refuses_a_base_parent_and_tasks_that_give_no_reward(sft_run, tmp_pat
     two = ["+stage.mixture.train.more={task: spelling_bee, size: 10, split: train}"]
     assert "names exactly one task (it names 2)" in refused(tmp_path / "c", *RL, f"init_from={sft_run}", *two,
                                                             home=llm_home)
+
+
+def test_experiment_cpu_sizes_rl_for_two_cores_and_keeps_the_reference_rates():
+    reference, cpu = (compose_run(["stage=rl", "init_from=runs/sft", *extra]) for extra in ([], ["experiment=cpu"]))
+    assert (reference.stage.examples_per_step, reference.stage.rollout.num_samples, reference.budget.name) == \
+        (16, 16, "epochs")
+    assert (cpu.stage.examples_per_step, cpu.stage.rollout.num_samples, cpu.budget.num_iterations) == (8, 8, 60)
+    assert cpu.train.device_batch_size == reference.train.device_batch_size == 8
+    assert cpu.optim == reference.optim and cpu.stage.init_lr_frac == 0.05
+    # stage=rl's sizes under experiment=cpu only: the other stages keep experiment=cpu's own.
+    assert compose_run(["stage=sft", "init_from=runs/x", "experiment=cpu"]).train.device_batch_size == 16
