@@ -322,6 +322,8 @@ def check_stage(cfg: Mapping) -> None:
         raise ConfigError(f"stage={name} has no data: choose a mixture, e.g. stage/mixture=offline_{name}")
     if (name == "rl") != (stage["rollout"] is not None):
         raise ConfigError(f"stage.rollout is how stage=rl samples its replies: set it for stage=rl only, not {name}")
+    if name != "rl" and cfg["eval"].get("pass_at_k") is not None:
+        raise ConfigError(f"eval.pass_at_k scores stage=rl's held-out task; stage={name} has none: drop it")
 
 
 def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None, steps_per_epoch: int | None = None) -> Plan:

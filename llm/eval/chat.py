@@ -15,6 +15,9 @@ centered accuracy (accuracy - baseline) / (1 - baseline): 0 at chance, 1 when ev
 right. `chatcore` is the reference's six tasks; `chatcore_offline` is their offline stand-ins,
 under its own name because it is not ChatCORE. Each accuracy carries a 95% Wilson interval.
 
+`pass_at_k` is the RL stage's evaluation: for k = 1..K, the share of held-out problems that one of
+the first k of K sampled replies solves.
+
 Problems are split across ranks (batches for categorical tasks, problems for generative ones) and
 the counts summed. A prompt longer than the model's context counts as failed and is reported as
 too_long rather than run past what the model was trained on.
