@@ -6,6 +6,7 @@
     torchrun --nproc_per_node=8 train.py experiment=speedrun hydra.run.dir=runs/speedrun
     python train.py -m sweep=isoflop_cpu              # a sweep (see conf/sweep, conf/hydra/launcher)
     python train.py experiment=cpu stage=mid init_from=runs/cpu hydra.run.dir=runs/cpu_mid   # a later stage
+    python train.py experiment=cpu stage=rl init_from=runs/cpu_sft hydra.run.dir=runs/cpu_rl  # RL on a chat model
 """
 
 import os

@@ -177,7 +177,7 @@ def companions(choice: str, tmp_path) -> list[str]:
     """What a choice needs beside it to make a whole run."""
     if choice == "data=parquet":
         return [f"data.path={tmp_path}"]
-    if choice in ("stage=mid", "stage=sft"):
+    if choice in ("stage=mid", "stage=sft", "stage=rl"):
         return ["init_from=runs/parent"]
     if choice == "budget=epochs":
         return CHAT_STAGE

@@ -181,8 +181,9 @@ CADENCE_KEYS = (("eval", "every"), ("eval", "core_every"), ("eval", "sample_ever
 def check_run_keys(cfg: Mapping) -> None:
     """What a run refuses besides its plan: cadences, and a parquet directory that is not there."""
     cadences = {f"{group}.{key}": cfg[group][key] for group, key in CADENCE_KEYS}
-    if cfg["eval"].get("chat") is not None:
-        cadences["eval.chat.every"] = cfg["eval"]["chat"]["every"]
+    for section in ("chat", "pass_at_k"):
+        if cfg["eval"].get(section) is not None:
+            cadences[f"eval.{section}.every"] = cfg["eval"][section]["every"]
     for key, value in cadences.items():
         complaint = invalid_cadence(key, value)
         if complaint:
@@ -233,7 +234,7 @@ class Plan:
     learning_rates: dict[str, float] = field(repr=False)
     weight_decay: float
     fineweb_shards: int | None = None  # FineWeb-Edu training shards to download (None: another corpus)
-    examples_per_step: int | None = None  # conversations per step (SFT); None: a batch of total_batch_size tokens
+    examples_per_step: int | None = None  # conversations (RL: questions) per step; None: a batch of total_batch_size tokens
 
     @property
     def total_tokens(self) -> int | None:
@@ -292,13 +293,25 @@ class Plan:
                 "total_flops": self.total_flops, "tokens_per_param": self.tokens_per_param}
 
 
+def rollout_passes(questions: int, num_samples: int, device_batch_size: int, world_size: int) -> int:
+    """Forward passes per RL step on one rank: its share of the questions, each question's replies
+    in passes of device_batch_size (the reference's examples_per_rank × num_samples / batch)."""
+    if questions < 1 or questions % world_size:
+        raise ConfigError(f"stage.examples_per_step={questions} questions do not divide among {world_size} ranks: "
+                          "pick a multiple of the number of processes")
+    if num_samples < 1 or num_samples % device_batch_size:
+        raise ConfigError(f"stage.rollout.num_samples={num_samples} is not a multiple of train.device_batch_size="
+                          f"{device_batch_size}: each question's replies go through in whole passes")
+    return questions // world_size * (num_samples // device_batch_size)
+
+
 def check_stage(cfg: Mapping) -> None:
     """A chat stage needs a parent run and a mixture; pretraining has neither."""
     stage = cfg["stage"]
     name = str(stage["name"])
     if name == "base":
         if cfg["init_from"] is not None:
-            raise ConfigError("stage=base trains a new model from scratch: drop init_from, or choose stage=mid or sft")
+            raise ConfigError("stage=base trains a new model from scratch: drop init_from, or choose stage=mid, sft or rl")
         if str(cfg["budget"]["name"]) == "epochs":
             raise ConfigError("budget=epochs counts passes over a chat mixture: pretraining takes budget=iterations, "
                               "flops or ratio")
@@ -307,6 +320,10 @@ def check_stage(cfg: Mapping) -> None:
         raise ConfigError(f"stage={name} continues a trained model: name its run directory with init_from=DIR")
     if stage["mixture"] is None:
         raise ConfigError(f"stage={name} has no data: choose a mixture, e.g. stage/mixture=offline_{name}")
+    if (name == "rl") != (stage["rollout"] is not None):
+        raise ConfigError(f"stage.rollout is how stage=rl samples its replies: set it for stage=rl only, not {name}")
+    if name != "rl" and cfg["eval"].get("pass_at_k") is not None:
+        raise ConfigError(f"eval.pass_at_k scores stage=rl's held-out task; stage={name} has none: drop it")
 
 
 def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None, steps_per_epoch: int | None = None) -> Plan:
@@ -316,7 +333,8 @@ def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None, steps
     without it the plan's horizon is None, as a dry run shows it).
     """
     shape = model_shape(cfg["model"], vocab_size or cfg["data"]["vocab_size"])
-    train, examples = cfg["train"], cfg["stage"]["examples_per_step"]
+    train, stage = cfg["train"], cfg["stage"]
+    examples = stage["examples_per_step"]
     check_stage(cfg)
     if train["device_batch_size"] < 1:
         raise ConfigError(f"train.device_batch_size={train['device_batch_size']}: use 1 or more rows per pass")
@@ -327,13 +345,17 @@ def plan(cfg: Mapping, world_size: int = 1, vocab_size: int | None = None, steps
                 f"train.total_batch_size={train['total_batch_size']:,} is not a multiple of device_batch_size × "
                 f"sequence_len × world_size = {rows_per_step:,}: pick a total batch that this divides")
         grad_accum, tokens_per_step = train["total_batch_size"] // rows_per_step, train["total_batch_size"]
-    else:
+    elif stage["rollout"] is None:
         per_pass = train["device_batch_size"] * world_size
         if examples < 1 or examples % per_pass:
             raise ConfigError(f"stage.examples_per_step={examples} is not a multiple of device_batch_size × "
                               f"world_size = {per_pass}: pick a number of conversations that this divides")
         # Conversations are padded to the longest of their batch and cut at sequence_len: at most this.
         grad_accum, tokens_per_step = examples // per_pass, examples * shape.sequence_len
+    else:
+        grad_accum = rollout_passes(examples, stage["rollout"]["num_samples"], train["device_batch_size"], world_size)
+        # Each question's replies are padded to the longest of them, within the context: at most this.
+        tokens_per_step = examples * stage["rollout"]["num_samples"] * shape.sequence_len
     check_run_keys(cfg)
     counts = parameter_counts(shape)
     n_scaling = scaling_params(counts)

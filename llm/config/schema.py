@@ -62,6 +62,7 @@ class StageName(StrEnum):
     base = "base"  # pretraining on a corpus
     mid = "mid"  # midtraining: packed conversations, every token trained on
     sft = "sft"  # supervised finetuning: padded conversations, the assistant's tokens trained on
+    rl = "rl"  # reinforcement learning: sampled replies, rewarded by the task's own evaluation
 
 
 class Corpus(StrEnum):
@@ -196,6 +197,18 @@ class ChatEvalConfig:
 
 
 @dataclass
+class PassAtKConfig:
+    """The RL stage's evaluation (llm.eval.chat.pass_at_k): held-out problems, several samples each."""
+    every: int = MISSING
+    max_problems: int = MISSING
+    num_samples: int = MISSING  # pass@1 .. pass@num_samples are reported
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int = MISSING
+    seed: int = MISSING
+
+
+@dataclass
 class EvalConfig:
     every: int = MISSING
     tokens: int = MISSING
@@ -206,6 +219,16 @@ class EvalConfig:
     core_max_per_task: int = MISSING
     bundle: str = MISSING
     chat: Optional[ChatEvalConfig] = MISSING  # null except under eval=chat
+    pass_at_k: Optional[PassAtKConfig] = MISSING  # null except under stage=rl
+
+
+@dataclass
+class RolloutConfig:
+    """How the RL stage samples its training replies from the model being trained."""
+    num_samples: int = MISSING  # replies per question, compared with each other for the advantage
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int = MISSING
 
 
 @dataclass
@@ -214,7 +237,8 @@ class StageConfig:
     name: StageName = MISSING
     mixture: Optional[Any] = MISSING  # {train: {label: task entry}, val: {...}} (conf/stage/mixture); null for base
     init_lr_frac: float = MISSING  # every initial learning rate times this
-    examples_per_step: Optional[int] = MISSING  # conversations per optimizer step; null: train.total_batch_size tokens
+    examples_per_step: Optional[int] = MISSING  # conversations (RL: questions) per optimizer step; null: tokens
+    rollout: Optional[RolloutConfig] = MISSING  # null except for stage=rl
 
 
 @dataclass

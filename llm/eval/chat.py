@@ -15,6 +15,9 @@ centered accuracy (accuracy - baseline) / (1 - baseline): 0 at chance, 1 when ev
 right. `chatcore` is the reference's six tasks; `chatcore_offline` is their offline stand-ins,
 under its own name because it is not ChatCORE. Each accuracy carries a 95% Wilson interval.
 
+`pass_at_k` is the RL stage's evaluation: for k = 1..K, the share of held-out problems that one of
+the first k of K sampled replies solves.
+
 Problems are split across ranks (batches for categorical tasks, problems for generative ones) and
 the counts summed. A prompt longer than the model's context counts as failed and is reported as
 too_long rather than run past what the model was trained on.
@@ -168,6 +171,38 @@ def score_generative(engine: Engine, tokenizer, task, problems: int, cfg) -> Cou
         counts.ended += sum(len(reply) < max_tokens for reply in replies)
         counts.passed += int(any(task.evaluate(conversation, tokenizer.decode(reply)) for reply in replies))
     return counts
+
+
+def pass_at_k(engine: Engine, tokenizer, task, cfg) -> dict[str, float]:
+    """{"pass@k": share of the first `cfg.max_problems` problems (-1: all) that one of the first k of
+    `cfg.num_samples` sampled replies solves, for k = 1..num_samples} (every rank must call it).
+
+    The RL stage's evaluation: replies are cut to what the model's context leaves after the prompt,
+    as its training replies are, and a prompt that fills the context counts as failed.
+    """
+    if cfg.num_samples < 1 or cfg.max_problems == 0 or cfg.max_problems < -1:
+        raise ConfigError(f"eval.pass_at_k needs num_samples >= 1 and max_problems -1 (all) or >= 1, got "
+                          f"{cfg.num_samples} and {cfg.max_problems}")
+    rank, world = _rank_and_world()
+    device = next(engine.model.parameters()).device
+    context = engine.model.config.sequence_len
+    problems = len(task) if cfg.max_problems == -1 else min(len(task), cfg.max_problems)
+    solved = torch.zeros(cfg.num_samples, dtype=torch.long, device=device)  # solved[k - 1]: within k replies
+    for index in range(rank, problems, world):
+        conversation = task[index]
+        prompt = tokenizer.render_for_completion(conversation)
+        if len(prompt) >= context:
+            continue
+        sequences, _ = engine.generate_batch(prompt, num_samples=cfg.num_samples,
+                                             max_tokens=min(cfg.max_new_tokens, context - len(prompt)),
+                                             temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+        outcomes = [bool(task.evaluate(conversation, tokenizer.decode(sequence[len(prompt):])))
+                    for sequence in sequences]
+        if any(outcomes):
+            solved[outcomes.index(True):] += 1
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(solved)
+    return {f"pass@{k}": count / problems for k, count in enumerate(solved.tolist(), 1)}
 
 
 def wilson_interval(passed: int, total: int) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 Everything that trains or measures a model of a config (the loop, llm.bench, the precision test)
 calls `build_run`, so a config means the same components everywhere. Pretraining builds its
-corpus and tokenizer; a later stage (midtraining, SFT) takes the tokenizer and weights of its
+corpus and tokenizer; a later stage (midtraining, SFT, RL) takes the tokenizer and weights of its
 parent run and the conversations of its mixture.
 """
 
@@ -27,7 +27,9 @@ from llm.train import checkpoint
 from llm.train.chat_data import ChatData
 from llm.train.lineage import Parent
 from llm.train.rundir import TOKENIZER_DIR
+from llm.train.rollouts import policy_gradient_loss
 from llm.train.runtime import Runtime
+from llm.train.step import next_token_loss
 
 
 def corpus(cfg: DictConfig, base: Path) -> Path:
@@ -74,9 +76,12 @@ def loader(cfg: DictConfig, tok: Tokenizer, corpus_dir: Path, split: str, runtim
 
 @dataclass
 class Loaders:
-    """What a stage trains and evaluates on: a resumable training loader and fresh validation passes."""
+    """What a stage trains and evaluates on: a resumable training loader, the loss of one of its
+    batches, and fresh validation passes."""
     train: TokenLoader  # has state_dict/load_state_dict (saved in checkpoints) and epoch
     val: Callable[[], TokenLoader]  # a new loader from the start of the validation data, per evaluation
+    objective: Callable = next_token_loss  # (model, training batch) -> loss
+    step_metrics: Callable[[], dict] = dict  # what the latest step's batches measured (RL: their reward)
 
 
 def pretraining_loaders(cfg: DictConfig, tok: Tokenizer, corpus_dir: Path, runtime: Runtime) -> Loaders:
@@ -95,6 +100,7 @@ class Run:
     model: GPT
     optimizer: torch.optim.Optimizer
     loaders: Loaders
+    chat: ChatData | None = None  # a chat stage's tasks (RL evaluates pass@k on the val task)
 
 
 def master_first(runtime: Runtime, make: Callable):
@@ -112,7 +118,8 @@ def build_run(cfg: DictConfig, runtime: Runtime, loaders: Callable[..., Loaders]
     The plan's vocabulary is the tokenizer's (the one source of it). Pretraining makes its data with
     `loaders(cfg, tokenizer, corpus, runtime)`; a chat stage (`parent` given, see llm.train.lineage)
     starts from the parent's newest weights with the parent's tokenizer, on its mixture (`chat`, read
-    here unless given), and counts its epoch from the conversations when the budget asks for one.
+    here unless given), and counts its epoch from the conversations when the budget asks for one;
+    RL's training batches are sampled by the model itself, and scored (llm.train.rollouts).
     """
     base = base_dir(cfg.base_dir)
     if parent is None:
@@ -120,16 +127,20 @@ def build_run(cfg: DictConfig, runtime: Runtime, loaders: Callable[..., Loaders]
         tok = master_first(runtime, lambda: tokenizer(cfg.data, corpus_dir, base))
         plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
         data = loaders(cfg, tok, corpus_dir, runtime)
-    else:
-        corpus_dir, tok = None, Tokenizer.load(parent.run_dir / TOKENIZER_DIR)
-        chat = chat or master_first(runtime, lambda: ChatData.of(cfg))  # rank 0 writes generated files, downloads
-        plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
-        if plan.num_iterations is None:  # budget=epochs
-            steps = chat.steps_per_epoch(cfg, tok, plan.grad_accum_steps, runtime.world_size)
-            plan = derived.plan(cfg, runtime.world_size, tok.vocab_size, steps)
-        make = chat.loader_maker(cfg, tok, runtime)
-        data = Loaders(train=make(chat.train), val=lambda: make(chat.val))
+        gpt = model(plan.shape, cfg.attention, runtime.device)
+        return Run(runtime, base, corpus_dir, tok, plan, gpt, optimizer(gpt, plan, cfg.optim, runtime), data)
+    tok = Tokenizer.load(parent.run_dir / TOKENIZER_DIR)
+    chat = chat or master_first(runtime, lambda: ChatData.of(cfg))  # rank 0 writes generated files, downloads
+    plan = derived.plan(cfg, runtime.world_size, tok.vocab_size)
+    if plan.num_iterations is None:  # budget=epochs
+        steps = chat.steps_per_epoch(cfg, tok, plan.grad_accum_steps, runtime.world_size)
+        plan = derived.plan(cfg, runtime.world_size, tok.vocab_size, steps)
     gpt = model(plan.shape, cfg.attention, runtime.device)
-    if parent is not None:
-        gpt.load_state_dict(checkpoint.load_weights(checkpoint.resolve(parent.run_dir), runtime.device))
-    return Run(runtime, base, corpus_dir, tok, plan, gpt, optimizer(gpt, plan, cfg.optim, runtime), data)
+    gpt.load_state_dict(checkpoint.load_weights(checkpoint.resolve(parent.run_dir), runtime.device))
+    make = chat.loader_maker(cfg, tok, runtime)
+    if cfg.stage.name == "rl":  # the training batches are replies sampled from the model being trained
+        rollouts = chat.rollouts(cfg, tok, runtime, gpt)
+        data = Loaders(rollouts, lambda: make(chat.val), policy_gradient_loss, rollouts.step_metrics)
+    else:
+        data = Loaders(train=make(chat.train), val=lambda: make(chat.val))
+    return Run(runtime, base, None, tok, plan, gpt, optimizer(gpt, plan, cfg.optim, runtime), data, chat)

@@ -52,6 +52,10 @@ def adopt_parent(cfg: DictConfig) -> Parent | None:
     if cfg.init_from is None:
         return None
     parent = find_parent(cfg.init_from)
+    if cfg.stage.name == "rl" and parent.stage == "base":
+        # A base model never ends a turn or writes `#### N`: every reward would be 0, and so every advantage.
+        raise ConfigError(f"init_from={cfg.init_from} is a base run, which has not learnt the chat format that "
+                          "stage=rl rewards: start RL from an sft (or mid) run")
     mine, theirs = OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(parent.config.data)
     differing = [key for key in sorted(set(mine) | set(theirs)) if json.dumps(mine.get(key), default=str)
                  != json.dumps(theirs.get(key), default=str)]

@@ -10,7 +10,9 @@ one that never stopped. Every periodic action follows llm.config.cadence; the ch
 last step and the one at a stop signal are always written.
 
 Every stage runs this loop: pretraining, and the chat stages that start from a parent run
-(`init_from`, llm.train.lineage) on their own data, with the chat evaluation on its cadence.
+(`init_from`, llm.train.lineage) on their own data, with the chat evaluation on its cadence. A
+stage plugs in its batches and the loss of one (build.Loaders): RL's batches are replies the model
+samples and its loss the policy gradient (llm.train.rollouts), evaluated by pass@k.
 """
 
 import math
@@ -26,9 +28,10 @@ from llm.config.derived import ConfigError
 from llm.data.tokenizer import token_bytes
 from llm.device import peak_flops, peak_memory_bytes
 from llm.eval.bpb import evaluate_bpb
-from llm.eval.chat import evaluate_chat
+from llm.eval.chat import evaluate_chat, pass_at_k
 from llm.eval.core import core_score
 from llm.eval.sample import greedy_continuations
+from llm.inference.engine import Engine
 from llm.model import attention
 from llm.optim.schedules import apply_schedules
 from llm.train import build, checkpoint
@@ -166,22 +169,25 @@ class Trainer:
         """Step state.step + 1: schedules, forward/backward, update. Returns its metrics."""
         start = time.perf_counter()
         lrm = apply_schedules(self.built.optimizer, self.state.step, self.plan.num_iterations, self.cfg.optim)
-        loss = train_step(self.step_model, self.built.optimizer, self.built.loaders.train,
-                          self.plan.grad_accum_steps, self.runtime)
+        loaders = self.built.loaders
+        loss = train_step(self.step_model, self.built.optimizer, loaders.train, self.plan.grad_accum_steps,
+                          self.runtime, loaders.objective)
         self.runtime.synchronize()
         dt = time.perf_counter() - start
         self.state.step += 1
         self.state.train_loss = loss
         self.state.train_time_sec += dt
-        line, metrics = self.progress.step(self.state.step, loss, lrm, dt, self.built.loaders.train.epoch,
+        line, metrics = self.progress.step(self.state.step, loss, lrm, dt, loaders.train.epoch,
                                            self.state.train_time_sec)
+        measured = loaders.step_metrics()  # RL: the mean reward and length of the step's replies
         log_every = self.cfg.train.log_every
         if log_every > 0 and (self.state.step % log_every == 0 or self.state.step == 1):
-            self.say(line)
-        return metrics
+            self.say(line + "".join(f" | {key} {value:.4f}" for key, value in measured.items()))
+        return metrics | measured
 
     def evaluate(self) -> dict:
-        """What is due at state.step: val bpb, CORE and samples (the last two never at step 0)."""
+        """What is due at state.step: val bpb, pass@k, CORE, chat tasks and samples (the last three never at
+        step 0)."""
         step, n, evals = self.state.step, self.plan.num_iterations, self.cfg.eval
         metrics = {}
         if is_due(evals.every, step, n):
@@ -195,6 +201,8 @@ class Trainer:
             self.say(f"step {step:05d} | CORE {core['score']:.4f} ({core['bundle']})")
         if step > 0 and evals.chat is not None and is_due(evals.chat.every, step, n):
             metrics |= self.chat_accuracies()
+        if evals.pass_at_k is not None and is_due(evals.pass_at_k.every, step, n):
+            metrics |= self.pass_at_k()
         if step > 0 and self.is_master and is_due(evals.sample_every, step, n):
             self.print_samples()
         return metrics
@@ -207,6 +215,16 @@ class Trainer:
         self.model.train()
         metrics = {f"chat/{name}": task["accuracy"] for name, task in report["tasks"].items()}
         return metrics | ({"chat_score": report["score"]} if "score" in report else {})
+
+    def pass_at_k(self) -> dict:
+        """RL's evaluation: pass@1..k on the held-out questions of its val task (the uncompiled model)."""
+        self.model.eval()
+        with self.runtime.autocast():
+            scores = pass_at_k(Engine(self.model, self.built.tokenizer), self.built.tokenizer, self.built.chat.val,
+                               self.cfg.eval.pass_at_k)
+        self.model.train()
+        self.say(f"step {self.state.step:05d} | " + ", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
+        return scores
 
     def val_bpb(self) -> float:
         """Validation bits per byte over eval.tokens tokens, always from the start of the val split."""
