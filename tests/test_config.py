@@ -116,7 +116,7 @@ BAD_INPUTS = [
     (["model.dept=3"], "Key 'dept' not in 'ModelConfig'"),
     (["optim.matrix_lr=abc"], "could not be converted to Float"),
     (["budget=bogus"], "Could not find 'budget/bogus' (options: epochs, flops, iterations, ratio)"),
-    (["stage=rl"], "Could not find 'stage/rl' (options: base, mid, sft)"),
+    (["stage=ppo"], "Could not find 'stage/ppo' (options: base, mid, rl, sft)"),
     (["stage=mid"], "stage=mid continues a trained model: name its run directory with init_from=DIR"),
     (["stage=sft", "init_from=x", "stage.examples_per_step=6"], "stage.examples_per_step=6 is not a multiple of"),
     (["budget=epochs"], "budget=epochs counts passes over a chat mixture"),

@@ -169,4 +169,4 @@ def test_experiment_cpu_sizes_rl_for_two_cores_and_keeps_the_reference_rates():
     assert cpu.train.device_batch_size == reference.train.device_batch_size == 8
     assert cpu.optim == reference.optim and cpu.stage.init_lr_frac == 0.05
     # stage=rl's sizes under experiment=cpu only: the other stages keep experiment=cpu's own.
-    assert compose_run(["stage=sft", "init_from=runs/x", "experiment=cpu"]).train.device_batch_size == 16
+    assert compose_run(["stage=sft", "init_from=runs/x", "experiment=cpu"]).train.device_batch_size == 8
